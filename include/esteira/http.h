@@ -1,0 +1,118 @@
+/* http.h - the HTTP server (libmicrohttpd, epoll + thread pool), its router
+ * and what a handler sees.
+ *
+ * A route names a method, a pattern ("/v1/jobs/{id}/retry"), a scope and a
+ * handler.  By default the body is buffered up to ESTEIRA_MAX_BODY (413
+ * beyond) and the handler runs once it is complete.  A streaming route
+ * (start/chunk set) sees the body as it arrives, in bounded chunks, up to
+ * ESTEIRA_MAX_UPLOAD: start() runs after the headers (and may answer at once,
+ * e.g. 422), chunk() per piece, handle() at the end.  Every response carries
+ * X-Request-Id; errors have the JSON shape of SPEC.md. */
+#ifndef ESTEIRA_HTTP_H
+#define ESTEIRA_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "esteira/util.h"
+
+struct es_app;
+typedef struct es_req es_req;
+typedef struct es_http es_http;
+
+typedef int (*es_handler)(es_req *r);
+typedef int (*es_chunk_fn)(es_req *r, const char *data, size_t len);
+
+enum {
+    ES_SCOPE_INGEST = 1 << 0,
+    ES_SCOPE_READ = 1 << 1,
+    ES_SCOPE_REPORTS = 1 << 2,
+    ES_SCOPE_FILES = 1 << 3,
+    ES_SCOPE_ADMIN = 1 << 4,
+    ES_SCOPE_ALL = 0x1f,
+    ES_SCOPE_PUBLIC = 1 << 30, /* no token needed (health, metrics, signed URLs) */
+};
+
+typedef struct es_route {
+    const char *method;  /* "GET", "POST", … */
+    const char *pattern; /* "/v1/jobs/{id}"; a final "{rest*}" matches the remaining path */
+    unsigned scope;      /* ES_SCOPE_* needed (any one of them), or ES_SCOPE_PUBLIC */
+    es_handler handle;
+    es_handler start;    /* streaming routes: after the headers */
+    es_chunk_fn chunk;   /* streaming routes: per body chunk */
+    const char *name;    /* the route's label in metrics (defaults to the pattern) */
+} es_route;
+
+/* ---- the router (pure: used by the server and fuzzed alone) */
+#define ES_ROUTE_MAX_PARAMS 4
+typedef struct es_route_match {
+    const es_route *route;
+    int nparams;
+    struct {
+        const char *name;
+        size_t name_len;
+        char value[256]; /* percent-decoded */
+    } params[ES_ROUTE_MAX_PARAMS];
+    bool method_mismatch; /* the path exists with another method (405) */
+} es_route_match;
+
+/* ES_OK, ES_ENOTFOUND (404 or, with method_mismatch, 405), ES_EINVAL (bad escape / too long) */
+int es_route_find(const es_route *routes, size_t n, const char *method, const char *path,
+                  es_route_match *m);
+
+/* Query strings: looks up name in a raw query ("a=1&b=x%20y"), decoding into out.
+ * ES_ENOTFOUND when absent, ES_ELIMIT when the value does not fit, ES_EINVAL on a bad escape. */
+int es_query_get(const char *query, const char *name, char *out, size_t outlen);
+
+/* ---- the server */
+int es_http_create(struct es_app *app, const es_route *routes, size_t nroutes, es_http **out);
+int es_http_start(es_http *h); /* binds ESTEIRA_HOST:ESTEIRA_PORT */
+uint16_t es_http_port(const es_http *h); /* the bound port (after start; port 0 = any free one) */
+void es_http_stop(es_http *h);         /* stops accepting; waits for in-flight requests */
+void es_http_destroy(es_http *h);
+
+/* ---- what a handler sees */
+struct es_app *es_req_app(es_req *r);
+const char *es_req_method(es_req *r);
+const char *es_req_path(es_req *r);
+const char *es_req_id(es_req *r);
+const char *es_req_param(es_req *r, const char *name); /* path parameter */
+const char *es_req_header(es_req *r, const char *name);
+const char *es_req_raw_query(es_req *r); /* "" when none */
+/* Decoded query value, or NULL; valid for the request's life. */
+const char *es_req_query(es_req *r, const char *name);
+/* The buffered body (buffered routes). */
+const char *es_req_body(es_req *r, size_t *len);
+/* Parses the body as a JSON object/array (depth-bounded).  On failure it has
+ * already answered 400 (malformed) or 415 (not JSON) and returns an error. */
+int es_req_json(es_req *r, json_t **out);
+/* Who is calling (after auth). */
+const char *es_req_tenant(es_req *r);
+unsigned es_req_scopes(es_req *r);
+/* A per-request slot for streaming handlers; free_fn runs when the request ends. */
+void es_req_set_state(es_req *r, void *state, void (*free_fn)(void *));
+void *es_req_state(es_req *r);
+/* Parses "limit" (1..max, default def); answers 400 itself on a bad value. */
+int es_req_limit(es_req *r, int def, int max, int *out);
+
+/* ---- answering (exactly one reply per request) */
+void es_reply_header(es_req *r, const char *name, const char *value);
+int es_reply_json(es_req *r, unsigned status, json_t *body); /* steals body */
+int es_reply_data(es_req *r, unsigned status, const char *content_type, const void *data,
+                  size_t len);
+/* The SPEC.md error body.  details: JSON array of {field, problem} or NULL (stolen). */
+int es_reply_error(es_req *r, unsigned status, const char *code, const char *message,
+                   json_t *details);
+/* Maps an es_err to a status and code (ES_ENOTFOUND -> 404 not_found, …). */
+int es_reply_err(es_req *r, int err, const char *message);
+/* A streamed body: read() fills buf and returns bytes, 0 at the end, <0 on error.
+ * size -1 = unknown (chunked).  free_fn(arg) runs when the response is done. */
+typedef long (*es_reply_read_fn)(void *arg, uint64_t pos, char *buf, size_t max);
+int es_reply_stream(es_req *r, unsigned status, const char *content_type, int64_t size,
+                    es_reply_read_fn read, void *arg, void (*free_fn)(void *));
+bool es_req_replied(es_req *r);
+unsigned es_http_status_of(int err);
+
+#endif
