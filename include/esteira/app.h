@@ -40,6 +40,10 @@ void es_app_destroy(es_app *app);
 /* create + start + wait for SIGINT/SIGTERM + stop + destroy; the exit status */
 int es_app_main(es_config *cfg, unsigned roles);
 
+/* True when a request without a token is accepted (ESTEIRA_AUTH=auto, bound to
+ * loopback, no API key exists yet; re-checked at most once a second). */
+bool es_app_open_mode(es_app *app);
+
 /* The routes of the API (src/http/routes.c). */
 const es_route *es_api_routes(size_t *n);
 
