@@ -69,6 +69,8 @@ typedef struct es_conf_entry {
 } es_conf_entry;
 
 const es_conf_entry *es_conf_table(size_t *n);
+/* The entry for a flag name ("database-url" or "database_url"), or NULL. */
+const es_conf_entry *es_conf_find(const char *name);
 
 /* Loads defaults, then `.env` (in the working directory, or ESTEIRA_ENV_FILE),
  * then the environment, then the flags argv[0..argc) of the form --name=value
