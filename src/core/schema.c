@@ -1,0 +1,124 @@
+/* schema.c - the store's versioned migrations, and the one place where the
+ * SQL of SQLite and PostgreSQL differs.
+ *
+ * A migration is applied in its own transaction together with its row in
+ * schema_migrations, so a crash leaves it either applied or not.  Once
+ * released, a migration is never edited: add a new one. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "esteira/err.h"
+#include "esteira/log.h"
+#include "esteira/store.h"
+#include "esteira/util.h"
+
+typedef struct migration {
+    int version;
+    const char *name;
+    const char *sql;        /* both dialects, unless one of the next two is set */
+    const char *sqlite_sql;
+    const char *pg_sql;
+} migration;
+
+static const migration migrations[] = {
+    {1, "jobs",
+     "CREATE TABLE jobs ("
+     " id text PRIMARY KEY,"
+     " tenant text NOT NULL,"
+     " kind text NOT NULL,"
+     " status text NOT NULL,"
+     " attempts integer NOT NULL DEFAULT 0,"
+     " max_attempts integer NOT NULL,"
+     " payload text NOT NULL,"
+     " result text,"
+     " error_type text,"
+     " error_message text,"
+     " idempotency_key text,"
+     " trace_id text,"
+     " published integer NOT NULL DEFAULT 0,"
+     " lease_until bigint,"
+     " run_after bigint,"
+     " created_ms bigint NOT NULL,"
+     " updated_ms bigint NOT NULL);"
+     "CREATE UNIQUE INDEX jobs_idem ON jobs (tenant, idempotency_key);"
+     "CREATE INDEX jobs_tenant_status ON jobs (tenant, status, id);"
+     "CREATE INDEX jobs_kind_status ON jobs (kind, status);"
+     "CREATE INDEX jobs_unpublished ON jobs (published, status);"
+     "CREATE TABLE job_events ("
+     " job_id text NOT NULL,"
+     " at_ms bigint NOT NULL,"
+     " status text NOT NULL,"
+     " attempt integer NOT NULL,"
+     " error_type text,"
+     " error_message text,"
+     " delay_ms bigint);"
+     "CREATE INDEX job_events_job ON job_events (job_id, at_ms);"
+     "CREATE TABLE noop_effects (job_id text PRIMARY KEY, at_ms bigint NOT NULL);",
+     NULL, NULL},
+    {2, "api_keys",
+     "CREATE TABLE api_keys ("
+     " id text PRIMARY KEY,"
+     " tenant text NOT NULL,"
+     " name text,"
+     " secret_hash text NOT NULL,"
+     " scopes integer NOT NULL,"
+     " created_ms bigint NOT NULL,"
+     " last_used_ms bigint,"
+     " revoked_ms bigint);",
+     NULL, NULL},
+};
+
+static int applied_versions(es_store_conn *c, int64_t *max_applied)
+{
+    es_rows *r = NULL;
+    int rc = es_store_exec_script(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                     " version integer PRIMARY KEY, name text NOT NULL,"
+                                     " applied_ms bigint NOT NULL)");
+    if (rc) return rc;
+    rc = es_store_exec(c, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0, NULL, &r);
+    if (rc) return rc;
+    *max_applied = es_rows_int(r, 0, 0, 0);
+    es_rows_free(r);
+    return ES_OK;
+}
+
+int es_store_migrate(es_store *s, int *applied)
+{
+    es_store_conn *c = NULL;
+    int n = 0, rc = es_store_acquire(s, &c);
+    if (rc) return rc;
+    int64_t have = 0;
+    if ((rc = applied_versions(c, &have))) goto release;
+    for (size_t i = 0; i < ES_ARRAY_LEN(migrations); i++) {
+        const migration *m = &migrations[i];
+        if (m->version <= have) continue;
+        const char *sql = m->sql;
+        if (es_store_dialect(s) == ES_DIALECT_SQLITE && m->sqlite_sql) sql = m->sqlite_sql;
+        if (es_store_dialect(s) == ES_DIALECT_PG && m->pg_sql) sql = m->pg_sql;
+        if ((rc = es_store_begin(c))) goto release;
+        char ver[16], now[24];
+        snprintf(ver, sizeof ver, "%d", m->version);
+        snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
+        const char *p[] = {ver, m->name, now};
+        rc = es_store_exec_script(c, sql);
+        if (!rc)
+            rc = es_store_exec(c, "INSERT INTO schema_migrations (version, name, applied_ms) "
+                                  "VALUES ($1, $2, $3)", 3, p, NULL);
+        if (rc) {
+            /* another process migrating at the same moment wins: not an error */
+            es_store_rollback(c);
+            int64_t again = 0;
+            if (applied_versions(c, &again) == ES_OK && again >= m->version) continue;
+            es_error("store", "migration %d (%s) failed: %s", m->version, m->name,
+                     es_strerror(rc));
+            goto release;
+        }
+        if ((rc = es_store_commit(c))) goto release;
+        es_info("store", "applied migration %d (%s)", m->version, m->name);
+        n++;
+    }
+release:
+    es_store_release(c);
+    if (applied) *applied = n;
+    return rc;
+}
