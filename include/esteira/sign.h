@@ -4,7 +4,9 @@
  * where sig = HMAC-SHA256(secret, "v1\n" method "\n" key "\n" ct "\n" exp).
  * Verification takes what the request really carries (its method, key and
  * Content-Type header), so a URL used for another method, key or content type,
- * a changed parameter, or an expired URL is refused. */
+ * a changed parameter, or an expired URL is refused.  The query must carry
+ * method, ct, exp and sig exactly once each and nothing else: an unknown or
+ * duplicated parameter is refused (ES_EAUTH). */
 #ifndef ESTEIRA_SIGN_H
 #define ESTEIRA_SIGN_H
 
