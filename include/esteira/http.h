@@ -43,6 +43,7 @@ typedef struct es_route {
     es_handler start;    /* streaming routes: after the headers */
     es_chunk_fn chunk;   /* streaming routes: per body chunk */
     const char *name;    /* the route's label in metrics (defaults to the pattern) */
+    const char *summary; /* one line for /openapi.json */
 } es_route;
 
 /* ---- the router (pure: used by the server and fuzzed alone) */

@@ -99,6 +99,8 @@ int es_engine_register(es_engine *e, const es_job_kind *kind);
 /* Starts the worker threads (concurrency per kind) and the republisher of
  * jobs whose message was never sent (crash between insert and publish). */
 int es_engine_start(es_engine *e);
+/* Only the republisher (API-only processes, which enqueue but do not run jobs). */
+int es_engine_start_republisher(es_engine *e);
 /* Stops taking work, waits up to timeout_ms for in-flight attempts; what is
  * still running then is given back to the broker (delivered again later). */
 void es_engine_stop(es_engine *e, int64_t timeout_ms);

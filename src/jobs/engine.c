@@ -1012,6 +1012,14 @@ static void *republisher_main(void *arg)
     return NULL;
 }
 
+int es_engine_start_republisher(es_engine *e)
+{
+    atomic_store(&e->stopping, false);
+    if (pthread_create(&e->republisher, NULL, republisher_main, e)) return ES_ENOMEM;
+    e->started = true;
+    return ES_OK;
+}
+
 int es_engine_start(es_engine *e)
 {
     int total = 0;

@@ -1,0 +1,42 @@
+/* routes.c - every endpoint of the API, in one table. /openapi.json is
+ * generated from it, so it cannot fall out of date. */
+#include "esteira/app.h"
+#include "http/api.h"
+
+#define PUB     ES_SCOPE_PUBLIC
+#define READ    (ES_SCOPE_READ | ES_SCOPE_ADMIN)
+#define ADMIN   ES_SCOPE_ADMIN
+
+static const es_route routes[] = {
+    /* operations */
+    {"GET", "/healthz", PUB, api_healthz, NULL, NULL, NULL, "Liveness: the process answers"},
+    {"GET", "/readyz", PUB, api_readyz, NULL, NULL, NULL, "Readiness: every backend is reachable"},
+    {"GET", "/metrics", PUB, api_metrics, NULL, NULL, NULL, "Prometheus metrics"},
+    {"GET", "/openapi.json", PUB, api_openapi, NULL, NULL, NULL, "This API description"},
+    /* jobs and dead letters */
+    {"POST", "/v1/jobs", ADMIN, api_jobs_create, NULL, NULL, NULL,
+     "Create a job of a registered kind {kind, payload?, maxAttempts?, delayMs?}"},
+    {"GET", "/v1/jobs", READ, api_jobs_list, NULL, NULL, NULL,
+     "List jobs (?kind=&status=&limit=&cursor=), newest first"},
+    {"GET", "/v1/jobs/{id}", READ, api_jobs_get, NULL, NULL, NULL, "A job with its history"},
+    {"POST", "/v1/jobs/{id}/retry", ADMIN, api_jobs_retry, NULL, NULL, NULL,
+     "Run a failed, dead or canceled job again"},
+    {"POST", "/v1/jobs/{id}/cancel", ADMIN, api_jobs_cancel, NULL, NULL, NULL,
+     "Cancel a queued or failed job"},
+    {"GET", "/v1/dlq", READ, api_dlq_list, NULL, NULL, NULL,
+     "Dead-lettered jobs (?kind=&limit=&cursor=)"},
+    {"POST", "/v1/dlq/{id}/retry", ADMIN, api_dlq_retry, NULL, NULL, NULL,
+     "Re-drive a dead job"},
+    {"DELETE", "/v1/dlq/{id}", ADMIN, api_dlq_delete, NULL, NULL, NULL, "Discard a dead job"},
+    /* signed URLs of the file: blob backend */
+    {"PUT", "/v1/blobs/{key*}", PUB, api_blob_put_end, api_blob_put_start, api_blob_put_chunk,
+     "/v1/blobs", "Upload an object with a signed URL"},
+    {"GET", "/v1/blobs/{key*}", PUB, api_blob_get, NULL, NULL, "/v1/blobs",
+     "Download an object with a signed URL"},
+};
+
+const es_route *es_api_routes(size_t *n)
+{
+    *n = sizeof routes / sizeof routes[0];
+    return routes;
+}
