@@ -1,9 +1,10 @@
 /* blob.h - the object storage contract (file:, s3://).
  *
  * Keys are relative paths of [A-Za-z0-9._/-] without "..", "//" or a leading
- * '/', at most 512 bytes (es_blob_key_valid).  Objects are written by
- * streaming into a writer and appear whole, atomically, on commit.  Reads
- * stream into a sink callback.
+ * '/', at most 512 bytes (es_blob_key_valid); nor a trailing '/' or a "."
+ * segment, which would name a directory or a second spelling of a key.
+ * Objects are written by streaming into a writer and appear whole, atomically,
+ * on commit.  Reads stream into a sink callback.
  *
  * Signed URLs let a client PUT or GET one object without a token: bound to the
  * method, the key, the content type (for PUT) and an expiry.  S3 signs them
@@ -30,7 +31,8 @@ typedef struct es_blob_info {
 
 /* Receives the object in chunks; a non-zero return stops the read and is returned. */
 typedef int (*es_blob_sink)(void *arg, const void *data, size_t len);
-/* Called per key under a prefix; a non-zero return stops the listing. */
+/* Called per key under a prefix, in lexical order; a non-zero return stops the
+ * listing and is returned.  info->content_type may be empty (use head). */
 typedef int (*es_blob_each)(void *arg, const char *key, const es_blob_info *info);
 
 typedef struct es_blob_ops {
