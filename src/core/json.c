@@ -21,9 +21,12 @@ static int depth_exceeds(const char *data, size_t len, int max_depth)
     for (size_t i = 0; i < len; i++) {
         char c = data[i];
         if (in_str) {
-            if (esc) esc = false;
-            else if (c == '\\') esc = true;
-            else if (c == '"') in_str = false;
+            if (esc)
+                esc = false;
+            else if (c == '\\')
+                esc = true;
+            else if (c == '"')
+                in_str = false;
             continue;
         }
         switch (c) {
@@ -59,7 +62,8 @@ int es_json_parse(const char *data, size_t len, int max_depth, json_t **out, cha
     json_error_t je;
     json_t *v = json_loadb(data, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
     if (!v) {
-        if (err && errlen) snprintf(err, errlen, "line %d column %d: %s", je.line, je.column, je.text);
+        if (err && errlen)
+            snprintf(err, errlen, "line %d column %d: %s", je.line, je.column, je.text);
         return ES_EINVAL;
     }
     *out = v;

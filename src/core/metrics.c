@@ -54,15 +54,16 @@ static metric *metrics_head, *metrics_tail;
 static series **table;
 static size_t table_size, table_count;
 
-static const double default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                         0.5,   1,    2.5,   5,    10};
+static const double default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
 static uint64_t fnv1a(const char *name, const char *labels)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     h = (h ^ 0xff) * 1099511628211ULL; /* separator: ("ab","c") != ("a","bc") */
-    for (const char *p = labels; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    for (const char *p = labels; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     return h;
 }
 
@@ -103,8 +104,10 @@ static metric *metric_new(const char *name, es_metric_type type, const char *hel
             if (isfinite(buckets[i])) m->bounds[m->nbounds++] = buckets[i];
         qsort(m->bounds, (size_t)m->nbounds, sizeof m->bounds[0], cmp_double);
     }
-    if (metrics_tail) metrics_tail->next = m;
-    else metrics_head = m;
+    if (metrics_tail)
+        metrics_tail->next = m;
+    else
+        metrics_head = m;
     metrics_tail = m;
     return m;
 }
@@ -185,8 +188,10 @@ static series *series_get(const char *name, const char *labels, es_metric_type i
     s->hnext = table[b];
     table[b] = s;
     table_count++;
-    if (m->last) m->last->next = s;
-    else m->first = s;
+    if (m->last)
+        m->last->next = s;
+    else
+        m->first = s;
     m->last = s;
     m->nseries++;
     return s;
@@ -230,19 +235,26 @@ void es_metric_observe(const char *name, const char *labels, double v)
  * special values. */
 static void fmt_value(double v, char *out, size_t len)
 {
-    if (isnan(v)) snprintf(out, len, "NaN");
-    else if (isinf(v)) snprintf(out, len, "%s", v > 0 ? "+Inf" : "-Inf");
-    else if (v == floor(v) && fabs(v) < 9007199254740992.0) snprintf(out, len, "%.0f", v);
-    else snprintf(out, len, "%.15g", v);
+    if (isnan(v))
+        snprintf(out, len, "NaN");
+    else if (isinf(v))
+        snprintf(out, len, "%s", v > 0 ? "+Inf" : "-Inf");
+    else if (v == floor(v) && fabs(v) < 9007199254740992.0)
+        snprintf(out, len, "%.0f", v);
+    else
+        snprintf(out, len, "%.15g", v);
 }
 
 static int render_help(es_buf *out, const metric *m)
 {
     int rc = es_buf_printf(out, "# HELP %s ", m->name);
     for (const char *p = m->help; rc == ES_OK && *p; p++) {
-        if (*p == '\\') rc = es_buf_puts(out, "\\\\");
-        else if (*p == '\n') rc = es_buf_puts(out, "\\n");
-        else rc = es_buf_append(out, p, 1);
+        if (*p == '\\')
+            rc = es_buf_puts(out, "\\\\");
+        else if (*p == '\n')
+            rc = es_buf_puts(out, "\\n");
+        else
+            rc = es_buf_append(out, p, 1);
     }
     if (rc == ES_OK) rc = es_buf_puts(out, "\n");
     return rc;
@@ -302,7 +314,8 @@ int es_metrics_render(es_buf *out)
 {
     int rc = ES_OK;
     pthread_mutex_lock(&reg_lock);
-    for (const metric *m = metrics_head; m && rc == ES_OK; m = m->next) rc = render_metric(out, m);
+    for (const metric *m = metrics_head; m && rc == ES_OK; m = m->next)
+        rc = render_metric(out, m);
     pthread_mutex_unlock(&reg_lock);
     return rc;
 }
@@ -339,9 +352,12 @@ void es_metric_label_escape(const char *v, char *out, size_t len)
     size_t o = 0;
     for (const char *p = v ? v : ""; *p; p++) {
         const char *rep = NULL;
-        if (*p == '"') rep = "\\\"";
-        else if (*p == '\\') rep = "\\\\";
-        else if (*p == '\n') rep = "\\n";
+        if (*p == '"')
+            rep = "\\\"";
+        else if (*p == '\\')
+            rep = "\\\\";
+        else if (*p == '\n')
+            rep = "\\n";
         size_t need = rep ? 2 : 1;
         if (o + need >= len) break; /* never split an escape in two */
         if (rep) {

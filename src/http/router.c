@@ -110,7 +110,7 @@ static int match_pattern(const es_route *rt, const char *path, es_route_match *m
             bool rest = pn >= 3 && pp[pn - 2] == '*';
             if (m->nparams >= ES_ROUTE_MAX_PARAMS) return -1;
             size_t rn = rest ? strlen(sp) : sn;
-            if (rn == 0) return -1; /* parameters are never empty */
+            if (rn == 0) return -1;      /* parameters are never empty */
             if (rest && pend) return -1; /* {rest*} must be last */
             int rc = pct_decode(sp, rn, false, m->params[m->nparams].value,
                                 sizeof m->params[m->nparams].value, NULL);

@@ -48,8 +48,7 @@ static void test_depth(void **st)
     assert_int_equal(parse("[[1],[2],[3],{\"a\":[4]}]", 3, &v, err, sizeof err), ES_OK);
     json_decref(v);
     /* brackets inside strings (and escaped quotes) are not nesting */
-    assert_int_equal(parse("[\"[[[[[\\\"[[[[\",{\"k]\":\"{{{{\"}]", 2, &v, err, sizeof err),
-                     ES_OK);
+    assert_int_equal(parse("[\"[[[[[\\\"[[[[\",{\"k]\":\"{{{{\"}]", 2, &v, err, sizeof err), ES_OK);
     assert_string_equal(json_string_value(json_array_get(v, 0)), "[[[[[\"[[[[");
     json_decref(v);
     /* a deep bomb is refused before jansson sees it */
@@ -151,9 +150,12 @@ static void test_dump_and_getters(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid),         cmocka_unit_test(test_depth),
-        cmocka_unit_test(test_malformed_position), cmocka_unit_test(test_duplicates),
-        cmocka_unit_test(test_trailing),      cmocka_unit_test(test_dump_and_getters),
+        cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_malformed_position),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_trailing),
+        cmocka_unit_test(test_dump_and_getters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

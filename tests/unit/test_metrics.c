@@ -39,8 +39,8 @@ static void test_counter(void **st)
 static void test_gauge_without_labels(void **st)
 {
     (void)st;
-    es_metric_define("queue_depth", ES_METRIC_GAUGE, "Messages waiting\nin the queue \\ now",
-                     NULL, 0);
+    es_metric_define("queue_depth", ES_METRIC_GAUGE, "Messages waiting\nin the queue \\ now", NULL,
+                     0);
     es_metric_set("queue_depth", NULL, 10);
     es_metric_add("queue_depth", "", -3); /* a gauge goes both ways */
     es_metric_set("temp", "", -1.25);     /* used without a define: a gauge */
@@ -148,8 +148,10 @@ static void test_threads(void **st)
 {
     (void)st;
     pthread_t t[THREADS];
-    for (int i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, adder, NULL);
-    for (int i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&t[i], NULL, adder, NULL);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
     char *s = render();
     char want[64];
     snprintf(want, sizeof want, "race_total{t=\"x\"} %d\n", THREADS * ADDS);

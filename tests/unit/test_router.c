@@ -14,13 +14,25 @@ static const es_route routes[] = {
     {.method = "GET", .pattern = "/healthz", .scope = ES_SCOPE_PUBLIC, .handle = h_dummy},
     {.method = "GET", .pattern = "/v1/jobs", .scope = ES_SCOPE_READ, .handle = h_dummy},
     {.method = "GET", .pattern = "/v1/jobs/{id}", .scope = ES_SCOPE_READ, .handle = h_dummy},
-    {.method = "POST", .pattern = "/v1/jobs/{id}/retry", .scope = ES_SCOPE_ADMIN, .handle = h_dummy},
+    {.method = "POST",
+     .pattern = "/v1/jobs/{id}/retry",
+     .scope = ES_SCOPE_ADMIN,
+     .handle = h_dummy},
     {.method = "DELETE", .pattern = "/v1/dlq/{id}", .scope = ES_SCOPE_ADMIN, .handle = h_dummy},
     {.method = "POST", .pattern = "/v1/uploads/{id}", .scope = ES_SCOPE_INGEST, .handle = h_dummy},
-    {.method = "POST", .pattern = "/v1/uploads/presign", .scope = ES_SCOPE_INGEST, .handle = h_dummy},
-    {.method = "GET", .pattern = "/v1/datasets/{name}/rows/{key}", .scope = ES_SCOPE_READ, .handle = h_dummy},
+    {.method = "POST",
+     .pattern = "/v1/uploads/presign",
+     .scope = ES_SCOPE_INGEST,
+     .handle = h_dummy},
+    {.method = "GET",
+     .pattern = "/v1/datasets/{name}/rows/{key}",
+     .scope = ES_SCOPE_READ,
+     .handle = h_dummy},
     {.method = "PUT", .pattern = "/blobs/{rest*}", .scope = ES_SCOPE_PUBLIC, .handle = h_dummy},
-    {.method = "GET", .pattern = "/files/{id}/raw/{rest*}", .scope = ES_SCOPE_PUBLIC, .handle = h_dummy},
+    {.method = "GET",
+     .pattern = "/files/{id}/raw/{rest*}",
+     .scope = ES_SCOPE_PUBLIC,
+     .handle = h_dummy},
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
@@ -230,10 +242,10 @@ static void test_query(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_exact),         cmocka_unit_test(test_params),
-        cmocka_unit_test(test_decoding),      cmocka_unit_test(test_specific_wins),
-        cmocka_unit_test(test_rest),          cmocka_unit_test(test_404_vs_405),
-        cmocka_unit_test(test_bad_paths),     cmocka_unit_test(test_query),
+        cmocka_unit_test(test_exact),     cmocka_unit_test(test_params),
+        cmocka_unit_test(test_decoding),  cmocka_unit_test(test_specific_wins),
+        cmocka_unit_test(test_rest),      cmocka_unit_test(test_404_vs_405),
+        cmocka_unit_test(test_bad_paths), cmocka_unit_test(test_query),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

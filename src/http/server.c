@@ -1,0 +1,926 @@
+/* server.c - the HTTP server: libmicrohttpd glue, request life cycle, replies.
+ *
+ * libmicrohttpd runs its own threads (epoll, or poll where epoll is missing,
+ * and a pool of ESTEIRA_HTTP_THREADS); handlers run on them.  One request goes
+ * through the access handler several times:
+ *
+ *   uri_log()      the request line arrived: the es_req is born here, so the
+ *                  raw (undecoded) path and query are kept exactly as sent
+ *   first call     headers complete: request id, trace id, header size, route,
+ *                  auth, Content-Length against the bound, start() of a
+ *                  streaming route.  A reply made here goes out at once and the
+ *                  body is never read (libmicrohttpd shuts the read side).
+ *   data calls     body pieces: buffered into an es_buf or handed to chunk()
+ *   last call      handle(), then the reply is queued
+ *   completed()    metrics, the debug log line, and the es_req is freed
+ *
+ * libmicrohttpd 0.9.75 accepts a response only after the headers or after the
+ * whole body, never in between.  So a reply decided while the body is still
+ * arriving (chunk() refusing a CSV header, a chunked body crossing the bound)
+ * is built at once, kept pending, and queued when the body ends; the rest of
+ * the body is read and dropped meanwhile, which lets the client see the answer
+ * instead of a reset.  Reading and dropping is bounded: past ES_HTTP_DRAIN_MAX
+ * bytes after the decision (or past the route's bound), the connection is
+ * closed without an answer.  A body announced by Content-Length above the
+ * bound is refused before a byte of it is read.
+ *
+ * Headers: libmicrohttpd's per-connection memory pool is sized to the header
+ * bound plus room for body buffers, so a request whose headers are far beyond
+ * ESTEIRA_MAX_HEADER is refused by libmicrohttpd itself (431, its own short
+ * HTML body, no X-Request-Id); one that fits the pool but exceeds the bound is
+ * refused here with a JSON 431. */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "esteira/app.h"
+#include "esteira/auth.h"
+#include "esteira/err.h"
+#include "esteira/http.h"
+#include "esteira/json.h"
+#include "esteira/log.h"
+#include "esteira/metrics.h"
+
+#define COMP "http"
+
+/* body bytes read and dropped after a reply was decided mid-body */
+#define ES_HTTP_DRAIN_MAX (64ull * 1024 * 1024)
+/* libmicrohttpd's pool: the headers plus its read buffer and our reply headers */
+#define ES_HTTP_POOL_EXTRA (32u * 1024)
+
+#define M_REQUESTS "esteira_http_requests_total"
+#define M_DURATION "esteira_http_request_duration_seconds"
+
+struct es_http {
+    es_app *app;
+    const es_route *routes;
+    size_t nroutes;
+    struct MHD_Daemon *d;
+    uint16_t port;
+    atomic_int inflight;
+};
+
+typedef struct hdr {
+    struct hdr *next;
+    char *name, *value;
+} hdr;
+
+/* memory handed to a handler for the request's life (decoded query values) */
+typedef struct owned {
+    struct owned *next;
+    char data[];
+} owned;
+
+enum { PH_NEW, PH_BODY, PH_DONE };
+
+struct es_req {
+    es_http *h;
+    struct MHD_Connection *conn;
+    char *uri;         /* raw path, NUL-terminated where the query began */
+    const char *query; /* raw query, "" when none */
+    const char *method;
+    char id[72];
+    char trace_id[40];
+    es_route_match match;
+    const es_route *route;
+    es_principal principal;
+    bool authed;
+    int64_t t0_us;
+    int phase;
+    bool streaming;
+    es_buf body;
+    uint64_t seen, limit, drain_from;
+    /* the reply */
+    struct MHD_Response *resp; /* built, not yet queued */
+    unsigned status;
+    bool replied, queued;
+    hdr *hdrs;
+    owned *owned;
+    void *state;
+    void (*state_free)(void *);
+};
+
+/* ------------------------------------------------------------------ helpers */
+
+/* A JSON string from text that may hold client bytes: jansson refuses invalid
+ * UTF-8, so those bytes become '?' rather than losing the whole message. */
+static json_t *safe_string(const char *s)
+{
+    json_t *v = json_string(s ? s : "");
+    if (v) return v;
+    char *c = strdup(s);
+    if (!c) return json_string("");
+    for (char *p = c; *p; p++)
+        if ((unsigned char)*p >= 0x80) *p = '?';
+    v = json_string(c);
+    free(c);
+    return v ? v : json_string("");
+}
+
+static bool request_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        unsigned char c = (unsigned char)s[n];
+        if (n >= 64 || !(isalnum(c) || c == '.' || c == '_' || c == '-')) return false;
+    }
+    return n > 0;
+}
+
+static bool lowhex(const char *s, size_t n, bool *allzero)
+{
+    *allzero = true;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+        if (c != '0') *allzero = false;
+    }
+    return true;
+}
+
+/* W3C traceparent "vv-<32 hex trace id>-<16 hex parent id>-ff"; version ff
+ * and all-zero ids are invalid; version 00 has exactly 55 characters, later
+ * versions may append "-…". */
+static bool parse_traceparent(const char *v, char out[33])
+{
+    bool z;
+    if (!v || strlen(v) < 55) return false;
+    if (!lowhex(v, 2, &z) || (v[0] == 'f' && v[1] == 'f')) return false;
+    if (v[2] != '-' || v[35] != '-' || v[52] != '-') return false;
+    if (!lowhex(v + 3, 32, &z) || z) return false;
+    if (!lowhex(v + 36, 16, &z) || z) return false;
+    if (!lowhex(v + 53, 2, &z)) return false;
+    if (v[0] == '0' && v[1] == '0' && v[55] != '\0') return false;
+    if (v[55] != '\0' && v[55] != '-') return false;
+    memcpy(out, v + 3, 32);
+    out[32] = '\0';
+    return true;
+}
+
+static const char *route_label(const es_req *r)
+{
+    if (!r->route) return "unmatched";
+    return r->route->name ? r->route->name : r->route->pattern;
+}
+
+/* Methods outside the known set share one label: they come from clients. */
+static const char *method_label(const char *m)
+{
+    static const char *known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+    for (size_t i = 0; m && i < ES_ARRAY_LEN(known); i++)
+        if (strcmp(m, known[i]) == 0) return known[i];
+    return "OTHER";
+}
+
+static void set_log_ctx(const es_req *r)
+{
+    es_log_ctx_set(r->id[0] ? r->id : NULL, NULL, r->trace_id[0] ? r->trace_id : NULL);
+}
+
+/* ------------------------------------------------------------------ replies */
+
+static bool has_reply_header(const es_req *r, const char *name)
+{
+    for (const hdr *x = r->hdrs; x; x = x->next)
+        if (strcasecmp(x->name, name) == 0) return true;
+    return false;
+}
+
+/* Takes resp: adds the headers every reply carries and keeps it until the
+ * access handler can queue it. */
+static int set_reply(es_req *r, unsigned status, const char *ctype, struct MHD_Response *resp)
+{
+    if (!resp) {
+        es_error(COMP, "could not build a response (out of memory)");
+        return ES_ENOMEM;
+    }
+    if (r->replied) {
+        es_error(COMP, "a second reply (%u) to %s %s was dropped", status, r->method, r->uri);
+        MHD_destroy_response(resp);
+        return ES_ECONFLICT;
+    }
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            ctype ? ctype : "application/octet-stream");
+    for (const hdr *x = r->hdrs; x; x = x->next)
+        MHD_add_response_header(resp, x->name, x->value);
+    if (status == 401 && !has_reply_header(r, "WWW-Authenticate"))
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 503 && !has_reply_header(r, "Retry-After"))
+        MHD_add_response_header(resp, "Retry-After", "1");
+    r->resp = resp;
+    r->status = status;
+    r->replied = true;
+    if (r->phase == PH_BODY) r->drain_from = r->seen;
+    return ES_OK;
+}
+
+void es_reply_header(es_req *r, const char *name, const char *value)
+{
+    if (!name || !value) return;
+    if (r->replied) {
+        es_warn(COMP, "header %s set after the reply was made; ignored", name);
+        return;
+    }
+    hdr *x = calloc(1, sizeof *x);
+    if (!x || !(x->name = strdup(name)) || !(x->value = strdup(value))) {
+        if (x) free(x->name);
+        free(x);
+        es_error(COMP, "out of memory adding header %s", name);
+        return;
+    }
+    /* appended, so headers go out in the order they were set */
+    hdr **tail = &r->hdrs;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = x;
+}
+
+int es_reply_data(es_req *r, unsigned status, const char *content_type, const void *data,
+                  size_t len)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, (void *)(uintptr_t)(data ? data : ""), MHD_RESPMEM_MUST_COPY);
+    return set_reply(r, status, content_type, resp);
+}
+
+int es_reply_json(es_req *r, unsigned status, json_t *body)
+{
+    char *s = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(body);
+    if (!s) {
+        es_error(COMP, "could not serialise a reply");
+        if (!r->replied) {
+            static const char oom[] =
+                "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+            es_reply_data(r, 500, "application/json", oom, sizeof oom - 1);
+        }
+        return ES_ENOMEM;
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+    if (!resp) free(s);
+    return set_reply(r, status, "application/json", resp);
+}
+
+int es_reply_error(es_req *r, unsigned status, const char *code, const char *message,
+                   json_t *details)
+{
+    json_t *err = json_object();
+    json_object_set_new(err, "code", json_string(code ? code : "internal"));
+    json_object_set_new(err, "message", safe_string(message ? message : ""));
+    if (details) json_object_set_new(err, "details", details);
+    json_t *body = json_object();
+    json_object_set_new(body, "error", err);
+    json_object_set_new(body, "requestId", json_string(r->id));
+    return es_reply_json(r, status, body);
+}
+
+unsigned es_http_status_of(int err)
+{
+    switch (err) {
+    case ES_OK: return 200;
+    case ES_ENOTFOUND: return 404;
+    case ES_EINVAL: return 400;
+    case ES_ECONFLICT: return 409;
+    case ES_EAUTH: return 401;
+    case ES_EFORBIDDEN: return 403;
+    case ES_ELIMIT: return 413;
+    case ES_EAGAIN:
+    case ES_EBACKEND:
+    case ES_ETIMEDOUT: return 503;
+    default: return 500;
+    }
+}
+
+static const char *code_of_status(unsigned status)
+{
+    switch (status) {
+    case 400: return "validation_failed";
+    case 401: return "unauthorized";
+    case 403: return "forbidden";
+    case 404: return "not_found";
+    case 409: return "conflict";
+    case 413: return "payload_too_large";
+    case 503: return "unavailable";
+    default: return "internal";
+    }
+}
+
+int es_reply_err(es_req *r, int err, const char *message)
+{
+    unsigned status = es_http_status_of(err);
+    if (status == 200) status = 500; /* ES_OK is not an error to answer with */
+    return es_reply_error(r, status, code_of_status(status), message ? message : es_strerror(err),
+                          NULL);
+}
+
+typedef struct stream_ctx {
+    es_reply_read_fn read;
+    void *arg;
+    void (*free_fn)(void *);
+} stream_ctx;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    stream_ctx *sc = cls;
+    long n = sc->read(sc->arg, pos, buf, max);
+    if (n < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    /* 0 would mean "nothing yet" to libmicrohttpd and spin its thread */
+    if (n == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    stream_ctx *sc = cls;
+    if (sc->free_fn) sc->free_fn(sc->arg);
+    free(sc);
+}
+
+int es_reply_stream(es_req *r, unsigned status, const char *content_type, int64_t size,
+                    es_reply_read_fn read, void *arg, void (*free_fn)(void *))
+{
+    stream_ctx *sc = calloc(1, sizeof *sc);
+    if (!sc || !read) {
+        free(sc);
+        if (free_fn) free_fn(arg);
+        return read ? ES_ENOMEM : ES_EINVAL;
+    }
+    sc->read = read;
+    sc->arg = arg;
+    sc->free_fn = free_fn;
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        size < 0 ? MHD_SIZE_UNKNOWN : (uint64_t)size, 64 * 1024, stream_read, sc, stream_free);
+    if (!resp) {
+        stream_free(sc);
+        return set_reply(r, status, content_type, NULL);
+    }
+    /* set_reply destroys resp on failure, which frees sc through stream_free */
+    return set_reply(r, status, content_type, resp);
+}
+
+bool es_req_replied(es_req *r)
+{
+    return r->replied;
+}
+
+/* ------------------------------------------------------------------ what a handler sees */
+
+struct es_app *es_req_app(es_req *r)
+{
+    return r->h->app;
+}
+
+const char *es_req_method(es_req *r)
+{
+    return r->method;
+}
+
+const char *es_req_path(es_req *r)
+{
+    return r->uri;
+}
+
+const char *es_req_id(es_req *r)
+{
+    return r->id;
+}
+
+const char *es_req_param(es_req *r, const char *name)
+{
+    if (!name) return NULL;
+    size_t n = strlen(name);
+    for (int i = 0; i < r->match.nparams; i++)
+        if (r->match.params[i].name_len == n && memcmp(r->match.params[i].name, name, n) == 0)
+            return r->match.params[i].value;
+    return NULL;
+}
+
+const char *es_req_header(es_req *r, const char *name)
+{
+    if (!r->conn || !name) return NULL;
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *es_req_raw_query(es_req *r)
+{
+    return r->query;
+}
+
+const char *es_req_query(es_req *r, const char *name)
+{
+    size_t n = strlen(r->query) + 1; /* decoding never grows */
+    owned *o = malloc(sizeof *o + n);
+    if (!o) return NULL;
+    if (es_query_get(r->query, name, o->data, n) != ES_OK) {
+        free(o);
+        return NULL;
+    }
+    o->next = r->owned;
+    r->owned = o;
+    return o->data;
+}
+
+const char *es_req_body(es_req *r, size_t *len)
+{
+    if (r->streaming) {
+        if (len) *len = 0;
+        return NULL;
+    }
+    if (len) *len = r->body.len;
+    return es_buf_cstr(&r->body);
+}
+
+/* application/json, or any application/…+json, parameters allowed */
+static bool content_type_json(const char *ct)
+{
+    if (!ct) return false;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, "; \t");
+    if (n == 16 && strncasecmp(ct, "application/json", 16) == 0) return true;
+    return n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+           strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+int es_req_json(es_req *r, json_t **out)
+{
+    *out = NULL;
+    if (!content_type_json(es_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE))) {
+        es_reply_error(r, 415, "unsupported_media_type", "the body must be application/json", NULL);
+        return ES_EINVAL;
+    }
+    size_t len;
+    const char *body = es_req_body(r, &len);
+    char err[256];
+    json_t *v;
+    int rc = es_json_parse(body, len, (int)r->h->app->cfg->json_max_depth, &v, err, sizeof err);
+    if (rc == ES_OK && !json_is_object(v) && !json_is_array(v)) {
+        json_decref(v);
+        snprintf(err, sizeof err, "expected a JSON object or array");
+        rc = ES_EINVAL;
+    }
+    if (rc != ES_OK) {
+        es_reply_error(r, 400, "invalid_json", err, NULL);
+        return rc;
+    }
+    *out = v;
+    return ES_OK;
+}
+
+const char *es_req_tenant(es_req *r)
+{
+    return r->authed ? r->principal.tenant : NULL;
+}
+
+unsigned es_req_scopes(es_req *r)
+{
+    return r->authed ? r->principal.scopes : 0;
+}
+
+void es_req_set_state(es_req *r, void *state, void (*free_fn)(void *))
+{
+    if (r->state_free && r->state && r->state != state) r->state_free(r->state);
+    r->state = state;
+    r->state_free = free_fn;
+}
+
+void *es_req_state(es_req *r)
+{
+    return r->state;
+}
+
+int es_req_limit(es_req *r, int def, int max, int *out)
+{
+    *out = def;
+    size_t n = strlen(r->query) + 1;
+    char *v = malloc(n);
+    if (!v) return ES_ENOMEM;
+    int rc = es_query_get(r->query, "limit", v, n);
+    if (rc == ES_ENOTFOUND) {
+        free(v);
+        return ES_OK;
+    }
+    int64_t x = 0;
+    if (rc == ES_OK) rc = es_parse_i64(v, 1, max, &x);
+    free(v);
+    if (rc != ES_OK) {
+        char problem[80];
+        snprintf(problem, sizeof problem, "must be an integer from 1 to %d", max);
+        json_t *d = json_pack("[{s:s,s:s}]", "field", "limit", "problem", problem);
+        es_reply_error(r, 400, "validation_failed", "invalid limit", d);
+        return ES_EINVAL;
+    }
+    *out = (int)x;
+    return ES_OK;
+}
+
+/* ------------------------------------------------------------------ request life cycle */
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    es_http *h = cls;
+    es_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->uri = strdup(uri ? uri : "");
+    if (!r->uri) {
+        free(r);
+        return NULL;
+    }
+    char *q = strchr(r->uri, '?');
+    if (q) *q++ = '\0';
+    r->query = q ? q : "";
+    r->h = h;
+    r->conn = conn;
+    r->t0_us = es_mono_us();
+    r->phase = PH_NEW;
+    atomic_fetch_add(&h->inflight, 1);
+    return r;
+}
+
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+    (void)kind;
+    size_t *total = cls;
+    *total += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " and CRLF */
+    return MHD_YES;
+}
+
+/* The Allow header of a 405: every method whose route matches the path. */
+static void allowed_methods(const es_http *h, const char *path, char *out, size_t len)
+{
+    es_route_match tmp;
+    out[0] = '\0';
+    for (size_t i = 0; i < h->nroutes; i++) {
+        const char *m = h->routes[i].method;
+        if (!m || strstr(out, m)) continue; /* no method name is a part of another */
+        if (es_route_find(&h->routes[i], 1, m, path, &tmp) != ES_OK) continue;
+        size_t used = strlen(out);
+        snprintf(out + used, len - used, "%s%s", used ? ", " : "", m);
+    }
+}
+
+/* Everything decided once the headers are in.  Any reply made here is queued
+ * before the body is read. */
+static void on_headers(es_req *r, const char *version)
+{
+    es_http *h = r->h;
+    const es_config *cfg = h->app->cfg;
+
+    const char *rid = es_req_header(r, "X-Request-Id");
+    if (rid && request_id_valid(rid))
+        es_strlcpy(r->id, rid, sizeof r->id);
+    else
+        es_uuid7(r->id);
+    if (!parse_traceparent(es_req_header(r, "traceparent"), r->trace_id)) r->trace_id[0] = '\0';
+    set_log_ctx(r);
+
+    size_t hsize = strlen(r->method) + strlen(r->uri) + (r->query[0] ? strlen(r->query) + 1 : 0) +
+                   (version ? strlen(version) : 0) + 4;
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, add_header_size, &hsize);
+    if (cfg->max_header > 0 && hsize > (uint64_t)cfg->max_header) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "request headers larger than %lld bytes",
+                 (long long)cfg->max_header);
+        es_reply_error(r, 431, "headers_too_large", msg, NULL);
+        return;
+    }
+
+    int rc = es_route_find(h->routes, h->nroutes, r->method, r->uri, &r->match);
+    if (rc == ES_EINVAL) {
+        es_reply_error(r, 400, "validation_failed", "malformed request path", NULL);
+        return;
+    }
+    if (rc != ES_OK) {
+        if (r->match.method_mismatch) {
+            char allow[128];
+            allowed_methods(h, r->uri, allow, sizeof allow);
+            es_reply_header(r, "Allow", allow);
+            es_reply_error(r, 405, "method_not_allowed", "method not allowed on this resource",
+                           NULL);
+        } else {
+            es_reply_error(r, 404, "not_found", "no such resource", NULL);
+        }
+        return;
+    }
+    r->route = r->match.route;
+
+    if (!(r->route->scope & ES_SCOPE_PUBLIC)) {
+        rc = es_auth_check(h->app->store, es_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION),
+                           es_app_open_mode(h->app), &r->principal);
+        if (rc != ES_OK) {
+            es_reply_error(r, 401, "unauthorized",
+                           rc == ES_EAUTH ? "a valid API token is required"
+                                          : "could not check the token",
+                           NULL);
+            return;
+        }
+        r->authed = true;
+        unsigned s = r->principal.scopes;
+        if (!(s & ES_SCOPE_ADMIN) && !(s & r->route->scope)) {
+            es_reply_error(r, 403, "forbidden", "the token lacks the scope this needs", NULL);
+            return;
+        }
+    }
+
+    r->streaming = r->route->chunk != NULL;
+    r->limit = (uint64_t)(r->streaming ? cfg->max_upload : cfg->max_body);
+    const char *cl = es_req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    int64_t clen;
+    if (cl && es_parse_i64(cl, 0, INT64_MAX, &clen) == ES_OK && (uint64_t)clen > r->limit) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "body larger than %llu bytes", (unsigned long long)r->limit);
+        es_reply_error(r, 413, "payload_too_large", msg, NULL);
+        return;
+    }
+    if (!r->streaming) es_buf_init(&r->body, r->limit);
+    r->phase = PH_BODY;
+    if (r->streaming && r->route->start) {
+        rc = r->route->start(r);
+        if (rc < 0 && !r->replied) es_reply_err(r, rc, NULL);
+    }
+}
+
+/* false = close the connection */
+static bool on_body(es_req *r, const char *data, size_t n)
+{
+    r->seen += n;
+    if (r->replied) {
+        /* a reply is pending: drop the rest, within bounds */
+        if (r->seen - r->drain_from > ES_HTTP_DRAIN_MAX || r->seen > r->limit + ES_HTTP_DRAIN_MAX) {
+            es_info(COMP, "closing %s %s: body goes on after the reply was decided", r->method,
+                    r->uri);
+            return false;
+        }
+        return true;
+    }
+    if (r->seen > r->limit) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "body larger than %llu bytes", (unsigned long long)r->limit);
+        es_reply_error(r, 413, "payload_too_large", msg, NULL);
+        return true;
+    }
+    if (r->streaming) {
+        int rc = r->route->chunk(r, data, n);
+        if (rc < 0 && !r->replied) es_reply_err(r, rc, NULL);
+        return true;
+    }
+    int rc = es_buf_append(&r->body, data, n);
+    if (rc != ES_OK) es_reply_err(r, rc == ES_ELIMIT ? ES_ELIMIT : ES_ENOMEM, NULL);
+    return true;
+}
+
+static void on_end(es_req *r)
+{
+    r->phase = PH_DONE;
+    if (r->replied) return;
+    if (r->route->handle) {
+        int rc = r->route->handle(r);
+        if (r->replied) return;
+        es_error(COMP, "handler of %s %s returned %d without answering", r->method,
+                 r->route->pattern, rc);
+    } else {
+        es_error(COMP, "route %s %s has no handler", r->method, r->route->pattern);
+    }
+    es_reply_error(r, 500, "internal", "the request was not answered", NULL);
+}
+
+static enum MHD_Result queue_pending(es_req *r)
+{
+    if (!r->resp) return MHD_YES;
+    enum MHD_Result q = MHD_queue_response(r->conn, r->status, r->resp);
+    MHD_destroy_response(r->resp);
+    r->resp = NULL;
+    if (q != MHD_YES) {
+        es_error(COMP, "could not queue the %u reply to %s %s", r->status, r->method, r->uri);
+        return MHD_NO;
+    }
+    r->queued = true;
+    return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)cls;
+    (void)url; /* already decoded by libmicrohttpd; the raw one came to on_uri */
+    es_req *r = *con_cls;
+    if (!r) return MHD_NO; /* on_uri ran out of memory */
+    r->conn = conn;
+    enum MHD_Result ret = MHD_YES;
+
+    if (r->phase == PH_NEW) {
+        r->method = method;
+        on_headers(r, version);
+        ret = queue_pending(r); /* a reply made with the headers goes now */
+        es_log_ctx_clear();
+        return ret;
+    }
+    if (r->queued) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    set_log_ctx(r);
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (!on_body(r, upload_data, n)) ret = MHD_NO;
+    } else {
+        on_end(r);
+        ret = queue_pending(r);
+    }
+    es_log_ctx_clear();
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    es_req *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    set_log_ctx(r);
+    double secs = (double)(es_mono_us() - r->t0_us) / 1e6;
+    if (r->queued) {
+        char route[256], labels[400];
+        es_metric_label_escape(route_label(r), route, sizeof route);
+        snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%u\"", route,
+                 method_label(r->method), r->status);
+        es_metric_add(M_REQUESTS, labels, 1);
+        snprintf(labels, sizeof labels, "route=\"%s\"", route);
+        es_metric_observe(M_DURATION, labels, secs);
+    }
+    if (ES_LOG_DEBUG >= es_log_min_level && r->method) {
+        json_t *f =
+            json_pack("{s:s,s:s,s:i,s:f}", "method", r->method, "route", route_label(r), "status",
+                      (int)(r->queued ? r->status : 0), "durationMs", secs * 1000.0);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && f)
+            json_object_set_new(f, "aborted", json_true());
+        ES_LOGF(ES_LOG_DEBUG, COMP, f, "request");
+    }
+    es_log_ctx_clear();
+
+    if (r->state_free && r->state) r->state_free(r->state);
+    if (r->resp) MHD_destroy_response(r->resp);
+    es_buf_finish(&r->body);
+    while (r->hdrs) {
+        hdr *x = r->hdrs;
+        r->hdrs = x->next;
+        free(x->name);
+        free(x->value);
+        free(x);
+    }
+    while (r->owned) {
+        owned *o = r->owned;
+        r->owned = o->next;
+        free(o);
+    }
+    atomic_fetch_sub(&r->h->inflight, 1);
+    free(r->uri);
+    free(r);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    es_warn(COMP, "libmicrohttpd: %s", msg);
+}
+
+/* ------------------------------------------------------------------ the server */
+
+int es_http_create(struct es_app *app, const es_route *routes, size_t nroutes, es_http **out)
+{
+    *out = NULL;
+    if (!app || !app->cfg || (!routes && nroutes)) return ES_EINVAL;
+    es_http *h = calloc(1, sizeof *h);
+    if (!h) return ES_ENOMEM;
+    h->app = app;
+    h->routes = routes;
+    h->nroutes = nroutes;
+    atomic_init(&h->inflight, 0);
+    static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                     0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+    es_metric_define(M_REQUESTS, ES_METRIC_COUNTER, "HTTP requests answered", NULL, 0);
+    es_metric_define(M_DURATION, ES_METRIC_HISTOGRAM, "HTTP request duration in seconds", buckets,
+                     (int)ES_ARRAY_LEN(buckets));
+    *out = h;
+    return ES_OK;
+}
+
+/* cfg->host (an IPv4 or IPv6 literal, or a name) and port into a socket address */
+static int resolve(const char *host, uint16_t port, struct sockaddr_storage *ss)
+{
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%u", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int g = getaddrinfo(host && *host ? host : NULL, portstr, &hints, &ai);
+    if (g != 0 || !ai) {
+        es_error(COMP, "cannot resolve host %s: %s", host ? host : "", gai_strerror(g));
+        return ES_EINVAL;
+    }
+    memset(ss, 0, sizeof *ss);
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(ai);
+    return ES_OK;
+}
+
+int es_http_start(es_http *h)
+{
+    if (!h) return ES_EINVAL;
+    if (h->d) return ES_OK;
+    const es_config *cfg = h->app->cfg;
+    struct sockaddr_storage ss;
+    int rc = resolve(cfg->host, (uint16_t)cfg->port, &ss);
+    if (rc != ES_OK) return rc;
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
+        flags |= MHD_USE_EPOLL;
+    else
+        flags |= MHD_USE_POLL;
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+        /* "::" also takes IPv4, as people who write it expect */
+        flags |= IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
+    }
+
+    unsigned timeout_s = (unsigned)((cfg->conn_timeout_ms + 999) / 1000);
+    size_t pool = (size_t)cfg->max_header + ES_HTTP_POOL_EXTRA;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, h},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, h},
+        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->max_connections, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(timeout_s ? timeout_s : 1), NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)pool, NULL},
+        {cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+         (intptr_t)cfg->http_threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_ARRAY,
+                            opts, MHD_OPTION_END);
+    if (!h->d) {
+        es_error(COMP, "cannot listen on %s:%lld (address in use, or not allowed)", cfg->host,
+                 (long long)cfg->port);
+        return ES_EIO;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : (uint16_t)cfg->port;
+    es_info(COMP, "listening on %s port %u (%lld threads, %s)", cfg->host, h->port,
+            (long long)cfg->http_threads, (flags & MHD_USE_EPOLL) ? "epoll" : "poll");
+    return ES_OK;
+}
+
+uint16_t es_http_port(const es_http *h)
+{
+    return h ? h->port : 0;
+}
+
+void es_http_stop(es_http *h)
+{
+    if (!h || !h->d) return;
+    /* Stop accepting first; requests already in flight finish within the
+     * shutdown timeout, then the daemon closes what is left (idle
+     * keep-alive connections, streams that never end). */
+    MHD_socket lfd = MHD_quiesce_daemon(h->d);
+    int64_t deadline = es_mono_ms() + h->app->cfg->shutdown_timeout_ms;
+    while (atomic_load(&h->inflight) > 0 && es_mono_ms() < deadline)
+        es_sleep_ms(10);
+    if (atomic_load(&h->inflight) > 0)
+        es_warn(COMP, "stopping with %d requests still in flight", atomic_load(&h->inflight));
+    MHD_stop_daemon(h->d);
+    h->d = NULL;
+    /* libmicrohttpd hands the listening socket over on quiesce */
+    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    es_info(COMP, "stopped");
+}
+
+void es_http_destroy(es_http *h)
+{
+    if (!h) return;
+    es_http_stop(h);
+    free(h);
+}
