@@ -26,8 +26,8 @@
 
 static bool unreserved(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 char *es_urlencode(const char *s, int keep_slash)
@@ -163,7 +163,8 @@ static int parse_query(const char *query, char *vals[P_COUNT], const char **why)
             return ES_EAUTH;
         }
         int i = 0;
-        while (i < P_COUNT && strcmp(name, param_names[i]) != 0) i++;
+        while (i < P_COUNT && strcmp(name, param_names[i]) != 0)
+            i++;
         free(name);
         if (i == P_COUNT) {
             *why = "unknown parameter in signed URL";
@@ -288,6 +289,7 @@ int es_sign_verify(const char *secret, const char *query, const char *method, co
     }
     rc = ES_OK;
 out:
-    for (int i = 0; i < P_COUNT; i++) free(vals[i]);
+    for (int i = 0; i < P_COUNT; i++)
+        free(vals[i]);
     return rc;
 }

@@ -18,7 +18,8 @@ static char *with_param(const char *query, const char *name, const char *value)
     char pat[32];
     snprintf(pat, sizeof pat, "%s=", name);
     const char *p = query;
-    while ((p = strstr(p, pat)) && p != query && p[-1] != '&') p++;
+    while ((p = strstr(p, pat)) && p != query && p[-1] != '&')
+        p++;
     assert_non_null(p);
     const char *end = strchr(p, '&');
     if (!end) end = p + strlen(p);
@@ -37,13 +38,15 @@ static char *without_param(const char *query, const char *name)
     assert_non_null(p);
     const char *end = strchr(p, '&');
     char *out = malloc(strlen(query) + 1);
-    if (end) snprintf(out, strlen(query) + 1, "%.*s%s", (int)(p - query), query, end + 1);
-    else snprintf(out, strlen(query) + 1, "%.*s", (int)(p - query - (p > query)), query);
+    if (end)
+        snprintf(out, strlen(query) + 1, "%.*s%s", (int)(p - query), query, end + 1);
+    else
+        snprintf(out, strlen(query) + 1, "%.*s", (int)(p - query - (p > query)), query);
     return out;
 }
 
-static int verify(const char *q, const char *method, const char *key, const char *ct,
-                  int64_t now, const char **why)
+static int verify(const char *q, const char *method, const char *key, const char *ct, int64_t now,
+                  const char **why)
 {
     return es_sign_verify(SECRET, q, method, key, ct, now, why);
 }
@@ -230,8 +233,8 @@ static void roundtrip(const char *s, int keep_slash)
     char *e = es_urlencode(s, keep_slash);
     assert_non_null(e);
     for (const char *p = e; *p; p++)
-        assert_non_null(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%/",
-                               *p));
+        assert_non_null(
+            strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%/", *p));
     if (!keep_slash) assert_null(strchr(e, '/'));
     char *d = es_urldecode(e, strlen(e), 1);
     assert_non_null(d);
@@ -259,7 +262,8 @@ static void test_urlencode(void **state)
     roundtrip("a b&c=d/e?f#g+h", 0);
     roundtrip("a b&c=d/e?f#g+h", 1);
     char all[256];
-    for (int i = 1; i < 256; i++) all[i - 1] = (char)i;
+    for (int i = 1; i < 256; i++)
+        all[i - 1] = (char)i;
     all[255] = '\0';
     roundtrip(all, 0);
     roundtrip(all, 1);

@@ -43,8 +43,8 @@ static const es_blob_ops *find_backend(const char *url)
 
 static bool key_char(char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '/' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '/' || c == '-';
 }
 
 /* Beyond the rules of blob.h, a key may not end with '/' nor hold a "."
@@ -131,8 +131,7 @@ const char *es_blob_name(const es_blob *b)
     return b ? b->ops->name : NULL;
 }
 
-int es_blob_writer_open(es_blob *b, const char *key, const char *content_type,
-                        es_blob_writer **out)
+int es_blob_writer_open(es_blob *b, const char *key, const char *content_type, es_blob_writer **out)
 {
     if (!out) return ES_EINVAL;
     *out = NULL;
@@ -172,8 +171,7 @@ void es_blob_abort(es_blob_writer *w)
     free(w);
 }
 
-int es_blob_put(es_blob *b, const char *key, const char *content_type, const void *data,
-                size_t len)
+int es_blob_put(es_blob *b, const char *key, const char *content_type, const void *data, size_t len)
 {
     es_blob_writer *w;
     int rc = es_blob_writer_open(b, key, content_type, &w);

@@ -191,7 +191,8 @@ static int fs_open(const char *url, const es_config *cfg, void **out)
         }
     }
     size_t n = strlen(p);
-    while (n > 1 && p[n - 1] == '/') n--;
+    while (n > 1 && p[n - 1] == '/')
+        n--;
     if (n == 0 || n > FS_ROOT_MAX) {
         es_error(COMP, "file: URL needs a directory of at most %d bytes", FS_ROOT_MAX);
         return ES_EINVAL;
@@ -205,8 +206,9 @@ static int fs_open(const char *url, const es_config *cfg, void **out)
     if (cfg && cfg->secret && *cfg->secret && !(c->secret = strdup(cfg->secret))) goto free_ctx;
     if (cfg && cfg->public_url && *cfg->public_url) {
         size_t un = strlen(cfg->public_url);
-        while (un > 0 && cfg->public_url[un - 1] == '/') un--;
-        if (!(c->public_url = strndup(cfg->public_url, un))) goto free_ctx;
+        while (un > 0 && cfg->public_url[un - 1] == '/')
+            un--;
+        if (un > 0 && !(c->public_url = strndup(cfg->public_url, un))) goto free_ctx;
     }
 
     /* The root and the two private areas, each made if missing. */
@@ -457,8 +459,7 @@ static void info_from_stat(const struct stat *st, es_blob_info *info)
 {
     info->size = st->st_size;
     info->mtime_ms = (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000;
-    snprintf(info->etag, sizeof info->etag, "\"%llx-%llx-%llx\"",
-             (unsigned long long)st->st_ino,
+    snprintf(info->etag, sizeof info->etag, "\"%llx-%llx-%llx\"", (unsigned long long)st->st_ino,
              (unsigned long long)st->st_mtim.tv_sec * 1000000000ull +
                  (unsigned long long)st->st_mtim.tv_nsec,
              (unsigned long long)st->st_size);
@@ -538,7 +539,8 @@ static int entry_cmp(const void *a, const void *b)
 
 static void free_entries(fs_entry *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++) free(v[i].name);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].name);
     free(v);
 }
 
@@ -677,6 +679,10 @@ static int fs_presign(void *ctx, const char *method, const char *key, const char
     }
     if (expires_s <= 0 || expires_s > FS_PRESIGN_MAX_S) {
         es_warn(COMP, "presigned URL lifetime %lld s out of range", (long long)expires_s);
+        return ES_EINVAL;
+    }
+    if (content_type && !ct_ok(content_type)) {
+        es_warn(COMP, "invalid content type for a presigned URL");
         return ES_EINVAL;
     }
     if (!c->secret || !c->public_url) {
