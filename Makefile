@@ -22,7 +22,7 @@ TEST_BIN := $(UNIT_SRC:tests/%.c=$(BUILD)/tests/%) $(CONTRACT_SRC:tests/%.c=$(BU
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test unit contract e2e fuzz bench clean deps format check-format lint
+.PHONY: all test unit contract e2e fuzz bench clean deps format check-format lint up
 all: $(BUILD)/esteira
 
 $(BUILD)/obj/%.o: %.c
@@ -63,6 +63,12 @@ bench: $(BUILD)/esteira $(BENCH_BIN)
 
 deps:
 	scripts/deps
+
+# the quick start: install what is missing, build, run API + workers on the embedded defaults
+up:
+	scripts/deps
+	$(MAKE) $(BUILD)/esteira
+	exec $(BUILD)/esteira up
 
 format:
 	clang-format -i $$(find src include tests bench -name '*.[ch]')
