@@ -10,6 +10,7 @@
 #include "testutil.h"
 
 #include "esteira/app.h"
+#include "esteira/auth.h"
 #include "esteira/err.h"
 #include "esteira/http.h"
 #include "esteira/json.h"
@@ -163,6 +164,13 @@ static int h_stream(es_req *r)
                            gen_free);
 }
 
+static int h_whoami(es_req *r)
+{
+    return es_reply_json(
+        r, 200,
+        json_pack("{s:s?,s:i}", "tenant", es_req_tenant(r), "scopes", (int)es_req_scopes(r)));
+}
+
 static const es_route routes[] = {
     {.method = "GET", .pattern = "/hello", .scope = ES_SCOPE_PUBLIC, .handle = h_hello},
     {.method = "GET",
@@ -195,6 +203,10 @@ static const es_route routes[] = {
      .chunk = badhead_chunk},
     {.method = "GET", .pattern = "/stream", .scope = ES_SCOPE_PUBLIC, .handle = h_stream},
     {.method = "GET", .pattern = "/private", .scope = ES_SCOPE_READ, .handle = h_hello},
+    {.method = "GET",
+     .pattern = "/whoami",
+     .scope = ES_SCOPE_READ | ES_SCOPE_REPORTS,
+     .handle = h_whoami},
 };
 
 /* ------------------------------------------------------------------ a client */
@@ -700,6 +712,66 @@ static void test_auth_required(void **st)
     resp_free(&r);
 }
 
+/* Tokens against a real (embedded) store: 401, 403 and who the handler sees. */
+static void test_scopes(void **st)
+{
+    (void)st;
+    char *dir = test_tmpdir("http-auth");
+    char dburl[600];
+    snprintf(dburl, sizeof dburl, "sqlite:%s/esteira.db", dir);
+    es_config ca;
+    assert_int_equal(es_config_defaults(&ca), ES_OK);
+    ca.port = 0;
+    es_store *store = NULL;
+    assert_int_equal(es_store_open(dburl, &ca, &store), ES_OK);
+    assert_int_equal(es_store_migrate(store, NULL), ES_OK);
+    char *ingest = NULL, *reports = NULL, *admin = NULL, kid[40];
+    assert_int_equal(es_keys_create(store, "acme", ES_SCOPE_INGEST, "i", &ingest, kid), ES_OK);
+    assert_int_equal(es_keys_create(store, "acme", ES_SCOPE_REPORTS, "r", &reports, kid), ES_OK);
+    assert_int_equal(es_keys_create(store, "root", ES_SCOPE_ADMIN, "a", &admin, kid), ES_OK);
+
+    es_app aa = {.cfg = &ca, .store = store};
+    es_http *ha;
+    assert_int_equal(es_http_create(&aa, routes, ES_ARRAY_LEN(routes), &ha), ES_OK);
+    assert_int_equal(es_http_start(ha), ES_OK);
+    char u[128], hdr[300];
+    snprintf(u, sizeof u, "http://127.0.0.1:%u/whoami", es_http_port(ha));
+    const char *hdrs[] = {hdr, NULL};
+    resp r;
+
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", ingest);
+    request("GET", u, hdrs, NULL, 0, false, &r);
+    assert_error(&r, 403, "forbidden"); /* neither read nor reports */
+    resp_free(&r);
+
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", reports); /* any one scope will do */
+    request("GET", u, hdrs, NULL, 0, false, &r);
+    assert_int_equal(r.status, 200);
+    json_t *v = body_json(&r);
+    assert_string_equal(es_json_str(v, "tenant"), "acme");
+    assert_int_equal(es_json_int(v, "scopes", 0), ES_SCOPE_REPORTS);
+    json_decref(v);
+    resp_free(&r);
+
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", admin); /* admin grants all */
+    request("GET", u, hdrs, NULL, 0, false, &r);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %.*sx", (int)strlen(admin) - 1, admin);
+    request("GET", u, hdrs, NULL, 0, false, &r);
+    assert_error(&r, 401, "unauthorized");
+    resp_free(&r);
+
+    es_http_destroy(ha);
+    free(ingest);
+    free(reports);
+    free(admin);
+    es_store_close(store);
+    es_config_finish(&ca);
+    test_rmdir(dir);
+}
+
 static void test_header_limit(void **st)
 {
     (void)st;
@@ -955,6 +1027,7 @@ int main(void)
         cmocka_unit_test(test_reply_stream),
         cmocka_unit_test(test_handler_mistakes),
         cmocka_unit_test(test_auth_required),
+        cmocka_unit_test(test_scopes),
         cmocka_unit_test(test_header_limit),
         cmocka_unit_test(test_trace_and_log_line),
         cmocka_unit_test(test_concurrent),
