@@ -21,6 +21,9 @@
 #include "esteira/conf.h"
 #include "esteira/util.h"
 
+/* dead() adds the reason to the message's headers under this key. */
+#define ES_BROKER_DEAD_REASON_HEADER "x-dead-reason"
+
 typedef struct es_broker es_broker;
 typedef struct es_consumer es_consumer;
 
