@@ -31,6 +31,8 @@
 #define REPUBLISH_EVERY_MS 2000
 #define REPUBLISH_BATCH    500
 #define POLL_MS            250
+#define MARK_BATCH         256  /* ids per "published = 1" statement */
+#define MARK_PENDING_MAX   65536
 
 #define JOB_COLS                                                                                   \
     "id, tenant, kind, status, attempts, max_attempts, payload, result, error_type,"               \
@@ -61,6 +63,9 @@ struct es_engine {
     atomic_int alive; /* worker threads not yet exited */
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    /* ids published but not yet marked so in the store (see mark_published) */
+    char (*pending)[ES_UUID_LEN + 1];
+    int npending;
 };
 
 struct es_job_ctx {
@@ -226,10 +231,41 @@ static int publish_job(es_engine *e, const char *kind, const char *id, int attem
     return rc;
 }
 
-static int mark_published(es_engine *e, const char *id)
+/* Remembers that a job's message went out.  The flag only tells the
+ * republisher what to leave alone, so it is written in batches by the
+ * republisher thread rather than in a transaction per job; if the process dies
+ * first, the job is published once more and the claim makes that harmless. */
+static void mark_published(es_engine *e, const char *id)
 {
-    const char *p[] = {id};
-    return es_store_exec1(e->store, "UPDATE jobs SET published = 1 WHERE id = $1", 1, p, NULL);
+    pthread_mutex_lock(&e->mu);
+    if (e->npending < MARK_PENDING_MAX) es_strlcpy(e->pending[e->npending++], id, ES_UUID_LEN + 1);
+    if (e->npending == MARK_BATCH) pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void flush_published(es_engine *e)
+{
+    char batch[MARK_BATCH][ES_UUID_LEN + 1];
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        int n = e->npending < MARK_BATCH ? e->npending : MARK_BATCH;
+        memcpy(batch, e->pending[e->npending - n], sizeof *batch * (size_t)n);
+        e->npending -= n;
+        pthread_mutex_unlock(&e->mu);
+        if (n == 0) return;
+        es_buf sql;
+        es_buf_init(&sql, 0);
+        const char *p[MARK_BATCH];
+        es_buf_puts(&sql, "UPDATE jobs SET published = 1 WHERE id IN (");
+        for (int i = 0; i < n; i++) {
+            p[i] = batch[i];
+            es_buf_printf(&sql, "%s$%d", i ? ", " : "", i + 1);
+        }
+        es_buf_puts(&sql, ")");
+        int rc = es_store_exec1(e->store, es_buf_cstr(&sql), n, p, NULL);
+        es_buf_finish(&sql);
+        if (rc) return; /* the store is down: those jobs will be published again */
+    }
 }
 
 /* ---------------------------------------------------------------- create */
@@ -296,6 +332,11 @@ int es_engine_create(const es_config *cfg, es_store *store, es_broker *broker, e
     e->cache = cache;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
+    e->pending = malloc(sizeof *e->pending * MARK_PENDING_MAX);
+    if (!e->pending) {
+        free(e);
+        return ES_ENOMEM;
+    }
     static const double wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                           0.1,    0.25,  0.5,    1,     2.5,  5,     10, 60};
     es_metric_define("esteira_jobs_total", ES_METRIC_COUNTER, "Job status transitions", NULL, 0);
@@ -983,7 +1024,7 @@ static void republish_once(es_engine *e)
     es_rows *r = NULL;
     if (es_store_exec1(e->store,
                        "SELECT id, kind, run_after, trace_id FROM jobs WHERE published = 0 AND"
-                       " status = 'queued' AND updated_ms < $1 ORDER BY id LIMIT 500",
+                       " updated_ms < $1 AND status = 'queued' ORDER BY updated_ms LIMIT 500",
                        1, p, &r))
         return;
     for (int i = 0; i < es_rows_count(r) && !atomic_load(&e->stopping); i++) {
@@ -1000,15 +1041,23 @@ static void republish_once(es_engine *e)
 static void *republisher_main(void *arg)
 {
     es_engine *e = arg;
+    int64_t last_scan = 0;
     while (!atomic_load(&e->stopping)) {
-        republish_once(e);
+        flush_published(e);
+        if (es_mono_ms() - last_scan >= REPUBLISH_EVERY_MS) {
+            republish_once(e);
+            last_scan = es_mono_ms();
+        }
         pthread_mutex_lock(&e->mu);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += REPUBLISH_EVERY_MS / 1000;
-        if (!atomic_load(&e->stopping)) pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+        ts.tv_nsec += 100 * 1000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        if (!atomic_load(&e->stopping) && e->npending < MARK_BATCH)
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
         pthread_mutex_unlock(&e->mu);
     }
+    flush_published(e);
     return NULL;
 }
 
@@ -1086,6 +1135,8 @@ void es_engine_destroy(es_engine *e)
     if (!e) return;
     es_engine_stop(e, e->cfg->shutdown_timeout_ms);
     if (atomic_load(&e->alive) > 0) return; /* detached workers still use it; the process is ending */
+    flush_published(e);
+    free(e->pending);
     free(e->threads);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
