@@ -29,6 +29,7 @@ typedef struct fx {
     es_broker *b;
     char q[160];
     char dq[170]; /* q.dead */
+    pid_t child;  /* a forked helper still to be killed when a test fails */
 } fx;
 
 static void make_queue_name(char *out, size_t size, const char *tag)
@@ -79,6 +80,10 @@ static int setup_closed(void **state)
 static int teardown(void **state)
 {
     fx *f = *state;
+    if (f->child > 0) {
+        kill(f->child, SIGKILL);
+        waitpid(f->child, NULL, 0);
+    }
     if (!f->b && es_broker_open(g_url, &g_cfg, &f->b) != ES_OK) f->b = NULL;
     if (f->b) {
         es_broker_purge(f->b, f->q);
@@ -493,6 +498,69 @@ static void test_reopen_keeps_messages(void **state)
     es_consumer_close(c);
 }
 
+/* ---- a waiting consumer hears of a publish at once, not at its next poll */
+
+#define WAKE_ROUNDS 7
+
+typedef struct wake {
+    es_broker *b;
+    const char *q;
+    pthread_barrier_t ready;
+    int64_t got_us[WAKE_ROUNDS];
+    atomic_int errors;
+} wake;
+
+static void *wake_waiter(void *p)
+{
+    wake *w = p;
+    es_consumer *c = NULL;
+    if (es_consumer_open(w->b, w->q, 1, &c) != ES_OK) atomic_fetch_add(&w->errors, 1);
+    for (int i = 0; i < WAKE_ROUNDS; i++) {
+        pthread_barrier_wait(&w->ready);
+        es_delivery d;
+        if (!c || es_consumer_next(c, 5000, &d) != ES_OK) {
+            atomic_fetch_add(&w->errors, 1);
+            continue;
+        }
+        w->got_us[i] = es_mono_us();
+        if (es_consumer_ack(c, &d) != ES_OK) atomic_fetch_add(&w->errors, 1);
+        es_delivery_finish(&d);
+    }
+    es_consumer_close(c);
+    return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_publish_wakes_waiter(void **state)
+{
+    fx *f = *state;
+    wake w = {.b = f->b, .q = f->q};
+    pthread_barrier_init(&w.ready, NULL, 2);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, wake_waiter, &w), 0);
+    int64_t sent[WAKE_ROUNDS], lat[WAKE_ROUNDS];
+    for (int i = 0; i < WAKE_ROUNDS; i++) {
+        pthread_barrier_wait(&w.ready);
+        es_sleep_ms(30); /* let it go to sleep in next() */
+        sent[i] = es_mono_us();
+        publish_one(f->b, f->q, "ping", NULL, 0, 0, 0);
+        es_sleep_ms(150);
+    }
+    pthread_join(th, NULL);
+    pthread_barrier_destroy(&w.ready);
+    assert_int_equal(atomic_load(&w.errors), 0);
+    for (int i = 0; i < WAKE_ROUNDS; i++) lat[i] = w.got_us[i] - sent[i];
+    qsort(lat, WAKE_ROUNDS, sizeof lat[0], cmp_i64);
+    /* A consumer that only polled (every 100 ms) would show about 50 ms. */
+    if (lat[WAKE_ROUNDS / 2] > 30000)
+        fail_msg("median publish-to-delivery %lld us", (long long)lat[WAKE_ROUNDS / 2]);
+}
+
 /* ---- two consumers, four publishers, one queue: each message once */
 
 #define MT_PUBLISHERS 4
@@ -695,6 +763,85 @@ static void test_crash_while_open(void **state)
     drain_after_crash(f->b, f->q, 10000);
 }
 
+/* A live process holding deliveries keeps them, however long it takes (no
+ * time-based expiry); they come back only when it dies. */
+static void test_live_holder_keeps_messages(void **state)
+{
+    enum { N = 20, K = 3 };
+    fx *f = *state;
+    int ready[2], hold[2];
+    assert_int_equal(pipe(ready), 0);
+    assert_int_equal(pipe(hold), 0);
+    fflush(NULL);
+    pid_t pid = fork(); /* before this process starts any broker thread */
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(ready[0]);
+        close(hold[1]);
+        es_broker *b;
+        if (es_broker_open(g_url, &g_cfg, &b) != ES_OK || es_broker_declare(b, f->q) != ES_OK)
+            _exit(21);
+        for (int i = 0; i < N; i++) {
+            char body[16];
+            snprintf(body, sizeof body, "%d", i);
+            es_msg m = {.queue = f->q, .body = body, .len = strlen(body)};
+            if (es_broker_publish(b, &m, 1) != ES_OK) _exit(22);
+        }
+        es_consumer *c;
+        if (es_consumer_open(b, f->q, K, &c) != ES_OK) _exit(23);
+        for (int i = 0; i < K; i++) {
+            es_delivery d;
+            if (es_consumer_next(c, 5000, &d) != ES_OK) _exit(24);
+        }
+        if (write(ready[1], "r", 1) != 1) _exit(25);
+        char ch;
+        (void)!read(hold[0], &ch, 1); /* a very slow handler: until killed */
+        _exit(26);
+    }
+    f->child = pid;
+    close(ready[1]);
+    close(hold[0]);
+    char ch;
+    assert_int_equal(read(ready[0], &ch, 1), 1);
+    close(ready[0]);
+
+    f->b = open_broker();
+    es_sleep_ms(2500); /* more than one round of the dead-owner check */
+    es_consumer *c;
+    assert_int_equal(es_consumer_open(f->b, f->q, 32, &c), ES_OK);
+    int seen[N] = {0};
+    for (int i = 0; i < N - K; i++) {
+        es_delivery d;
+        take(c, 5000, &d);
+        int n = body_int(&d);
+        assert_true(n >= K && n < N); /* the child took the first K */
+        seen[n]++;
+        assert_false(d.redelivered);
+        assert_int_equal(es_consumer_ack(c, &d), ES_OK);
+        es_delivery_finish(&d);
+    }
+    expect_empty(c, 1500);
+    expect_depth(f->b, f->q, 0, K);
+
+    kill(pid, SIGKILL);
+    close(hold[1]);
+    wait_killed(pid);
+    f->child = 0;
+    for (int i = 0; i < K; i++) {
+        es_delivery d;
+        take(c, 10000, &d);
+        int n = body_int(&d);
+        assert_true(n >= 0 && n < K);
+        seen[n]++;
+        assert_true(d.redelivered);
+        assert_int_equal(es_consumer_ack(c, &d), ES_OK);
+        es_delivery_finish(&d);
+    }
+    expect_empty(c, 300);
+    es_consumer_close(c);
+    for (int i = 0; i < N; i++) assert_int_equal(seen[i], 1);
+}
+
 /* ---- throughput (reported, not asserted) */
 
 typedef struct tp {
@@ -778,9 +925,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prefetch_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_keeps_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_wakes_waiter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_consumers_exactly_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_then_reopen, setup_closed, teardown),
         cmocka_unit_test_setup_teardown(test_crash_while_open, setup_closed, teardown),
+        cmocka_unit_test_setup_teardown(test_live_holder_keeps_messages, setup_closed, teardown),
         cmocka_unit_test_setup_teardown(test_throughput, setup, teardown),
     };
 

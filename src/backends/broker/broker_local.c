@@ -122,7 +122,7 @@ static const char schema_sql[] =
     " attempts INTEGER NOT NULL DEFAULT 0,"
     " published_ms INTEGER NOT NULL,"
     " visible_at_ms INTEGER NOT NULL,"
-    " lease_owner TEXT," /* \"pid:starttime\" of the leasing process */
+    " lease_owner TEXT," /* the leasing process, see self_identity() */
     " lease_cid INTEGER," /* the consumer within it */
     " redelivered INTEGER NOT NULL DEFAULT 0,"
     " dead_reason TEXT);"
@@ -144,7 +144,8 @@ typedef struct pub_req {
 
 typedef struct lq {
     char *dir;
-    char owner[48]; /* "pid:starttime" */
+    char owner[160]; /* "pid:starttime:boot_id:pidns", see self_identity */
+    char boot[40], pidns[24];
     bool sync_full;
 
     pthread_mutex_t db_lock; /* the connection, its statements, hdr */
@@ -292,7 +293,21 @@ static bool proc_stat(const char *pid, char *state, unsigned long long *start)
     return errno == 0 && end != p;
 }
 
-static int self_identity(char *out, size_t size)
+/* The first line of a small /proc file, without its newline; "" if unreadable. */
+static void read_line(const char *path, char *out, size_t size)
+{
+    out[0] = '\0';
+    FILE *f = fopen(path, "re");
+    if (!f) return;
+    if (!fgets(out, (int)size, f)) out[0] = '\0';
+    fclose(f);
+    out[strcspn(out, "\n")] = '\0';
+}
+
+/* "pid:starttime:boot_id:pidns".  The start time tells a reused pid apart;
+ * the boot id, a pid that merely looks the same after a reboot; the pid
+ * namespace, pids we cannot see (another container sharing the directory). */
+static int self_identity(lq *q)
 {
     char state;
     unsigned long long start;
@@ -300,28 +315,45 @@ static int self_identity(char *out, size_t size)
         es_error(COMP, "cannot read /proc/self/stat: the local queue needs /proc");
         return ES_EIO;
     }
-    snprintf(out, size, "%ld:%llu", (long)getpid(), start);
+    char boot[64], ns[64] = "";
+    read_line("/proc/sys/kernel/random/boot_id", boot, sizeof boot);
+    ssize_t n = readlink("/proc/self/ns/pid", ns, sizeof ns - 1); /* "pid:[4026531836]" */
+    ns[n > 0 ? n : 0] = '\0';
+    const char *digits = ns + strcspn(ns, "0123456789");
+    int ndigits = (int)strspn(digits, "0123456789");
+    snprintf(q->boot, sizeof q->boot, "%s", boot[0] ? boot : "-");
+    snprintf(q->pidns, sizeof q->pidns, "%.*s", ndigits, digits);
+    if (!q->pidns[0]) snprintf(q->pidns, sizeof q->pidns, "-");
+    snprintf(q->owner, sizeof q->owner, "%ld:%llu:%s:%s", (long)getpid(), start, q->boot,
+             q->pidns);
     return ES_OK;
 }
 
-/* A lease owner is dead when its pid is gone, is a zombie, or now belongs to
- * a process started at another time (the pid was reused).  When we cannot
- * tell, it is alive: stealing a live handler's message is the worse error. */
-static bool owner_alive(const char *owner)
+/* A lease owner is dead when it ran before the last boot, or when its pid
+ * is gone, is a zombie, or now belongs to a process started at another time
+ * (the pid was reused).  When we cannot tell (another pid namespace, /proc
+ * hidden), it is alive: stealing a live handler's message is the worse
+ * error. */
+static bool owner_alive(const lq *q, const char *owner)
 {
-    char *end;
-    errno = 0;
-    long pid = strtol(owner, &end, 10);
-    if (errno || end == owner || *end != ':' || pid <= 0 || pid > INT_MAX) return false;
-    unsigned long long want = strtoull(end + 1, &end, 10);
-    if (*end != '\0') return false;
+    char copy[160], *save = NULL;
+    if (es_strlcpy(copy, owner, sizeof copy) >= sizeof copy) return false;
+    const char *f_pid = strtok_r(copy, ":", &save), *f_start = strtok_r(NULL, ":", &save),
+               *f_boot = strtok_r(NULL, ":", &save), *f_ns = strtok_r(NULL, ":", &save);
+    int64_t pid;
+    if (!f_pid || !f_start || !f_boot || !f_ns || es_parse_i64(f_pid, 1, INT_MAX, &pid) != ES_OK)
+        return false; /* not written by this code: nobody holds it */
+    if (strcmp(f_boot, q->boot) != 0) return false;
+    if (strcmp(f_ns, q->pidns) != 0) return true;
     if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return false;
     char pidtext[24], state;
     unsigned long long start;
-    snprintf(pidtext, sizeof pidtext, "%ld", pid);
-    if (!proc_stat(pidtext, &state, &start)) return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+    snprintf(pidtext, sizeof pidtext, "%lld", (long long)pid);
+    if (!proc_stat(pidtext, &state, &start)) return true;
     if (state == 'Z' || state == 'X' || state == 'x') return false;
-    return start == want;
+    char want[32];
+    snprintf(want, sizeof want, "%llu", start);
+    return strcmp(want, f_start) == 0;
 }
 
 /* ------------------------------------------------------------------ wakeups */
@@ -372,7 +404,7 @@ static int64_t reclaim(lq *q)
 
     /* /proc is read without the lock: a dead owner cannot come back. */
     for (int i = 0; i < n; i++) {
-        if (owner_alive(owners[i])) continue;
+        if (owner_alive(q, owners[i])) continue;
         pthread_mutex_lock(&q->db_lock);
         sqlite3_bind_text(q->st[ST_RELEASE_OWNER], 1, owners[i], -1, SQLITE_STATIC);
         if (step_done(q, ST_RELEASE_OWNER, "releasing leases of a dead process") == ES_OK) {
@@ -518,7 +550,7 @@ static int lq_open(const char *url, const es_config *cfg, void **ctx)
         err = ES_ENOMEM;
         goto fail;
     }
-    if ((err = self_identity(q->owner, sizeof q->owner)) || (err = mkdir_p(dir))) goto fail;
+    if ((err = self_identity(q)) || (err = mkdir_p(dir))) goto fail;
     char path[PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/queue.db", dir);
     pthread_mutex_lock(&q->db_lock);
