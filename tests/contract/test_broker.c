@@ -202,7 +202,11 @@ static void test_body_headers_attempts(void **state)
         {"empty", ""},
     };
     es_msg m[2] = {
-        {.queue = f->q, .body = body, .len = sizeof body, .headers = h, .nheaders = 4,
+        {.queue = f->q,
+         .body = body,
+         .len = sizeof body,
+         .headers = h,
+         .nheaders = 4,
          .attempts = 3},
         {.queue = f->q, .body = "", .len = 0}, /* an empty body is a message too */
     };
@@ -554,7 +558,8 @@ static void test_publish_wakes_waiter(void **state)
     pthread_join(th, NULL);
     pthread_barrier_destroy(&w.ready);
     assert_int_equal(atomic_load(&w.errors), 0);
-    for (int i = 0; i < WAKE_ROUNDS; i++) lat[i] = w.got_us[i] - sent[i];
+    for (int i = 0; i < WAKE_ROUNDS; i++)
+        lat[i] = w.got_us[i] - sent[i];
     qsort(lat, WAKE_ROUNDS, sizeof lat[0], cmp_i64);
     /* A consumer that only polled (every 100 ms) would show about 50 ms. */
     if (lat[WAKE_ROUNDS / 2] > 30000)
@@ -616,8 +621,10 @@ static void *mt_consumer(void *p)
             break;
         }
         int n = body_int(&d);
-        if (n < 0 || n >= MT_TOTAL) atomic_fetch_add(&m->errors, 1);
-        else atomic_fetch_add(&m->seen[n], 1);
+        if (n < 0 || n >= MT_TOTAL)
+            atomic_fetch_add(&m->errors, 1);
+        else
+            atomic_fetch_add(&m->seen[n], 1);
         if (es_consumer_ack(c, &d) != ES_OK) atomic_fetch_add(&m->errors, 1);
         es_delivery_finish(&d);
         atomic_fetch_add(&m->received, 1);
@@ -645,7 +652,8 @@ static void test_two_consumers_exactly_once(void **state)
         args[2 + i] = (mt_arg){m, i};
         assert_int_equal(pthread_create(&th[2 + i], NULL, mt_publisher, &args[2 + i]), 0);
     }
-    for (int i = 0; i < MT_PUBLISHERS + 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < MT_PUBLISHERS + 2; i++)
+        pthread_join(th[i], NULL);
     pthread_barrier_destroy(&m->start);
 
     assert_int_equal(atomic_load(&m->errors), 0);
@@ -696,7 +704,8 @@ static void wait_killed(pid_t pid)
 {
     int status = 0;
     pid_t r;
-    while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
+    while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+    }
     assert_int_equal(r, pid);
     if (!WIFSIGNALED(status))
         fail_msg("crash child exited with %d instead of dying", WEXITSTATUS(status));
@@ -839,7 +848,8 @@ static void test_live_holder_keeps_messages(void **state)
     }
     expect_empty(c, 300);
     es_consumer_close(c);
-    for (int i = 0; i < N; i++) assert_int_equal(seen[i], 1);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(seen[i], 1);
 }
 
 /* ---- throughput (reported, not asserted) */
@@ -895,8 +905,10 @@ static void test_throughput(void **state)
     t.per_thread = n / 8;
     pthread_t th[8];
     t0 = es_mono_us();
-    for (int i = 0; i < 8; i++) assert_int_equal(pthread_create(&th[i], NULL, tp_publisher, &t), 0);
-    for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, tp_publisher, &t), 0);
+    for (int i = 0; i < 8; i++)
+        pthread_join(th[i], NULL);
     double pub8 = n / ((double)(es_mono_us() - t0) / 1e6);
     double cons64 = consume_all(f->b, f->q, n, 64);
 
@@ -935,8 +947,7 @@ int main(void)
 
     /* Expected warnings (released leases of the killed child) stay quiet. */
     const char *lvl = getenv("ESTEIRA_LOG_LEVEL");
-    es_log_set_level(lvl && es_log_parse_level(lvl) >= 0 ? es_log_parse_level(lvl)
-                                                          : ES_LOG_ERROR);
+    es_log_set_level(lvl && es_log_parse_level(lvl) >= 0 ? es_log_parse_level(lvl) : ES_LOG_ERROR);
     g_cfg.queue_sync = 0;
     g_cfg.prefetch = 16;
 

@@ -105,8 +105,7 @@ int es_broker_publish(es_broker *b, const es_msg *msgs, size_t n)
             (m->nheaders > 0 && !m->headers) || m->attempts < 0 || m->delay_ms < 0)
             return ES_EINVAL;
         for (int h = 0; h < m->nheaders; h++)
-            if (!m->headers[h].key || !*m->headers[h].key || !m->headers[h].value)
-                return ES_EINVAL;
+            if (!m->headers[h].key || !*m->headers[h].key || !m->headers[h].value) return ES_EINVAL;
     }
     if (n == 0) return ES_OK;
     return b->ops->publish(b->ctx, msgs, n);

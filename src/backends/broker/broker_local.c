@@ -1,7 +1,7 @@
 /* broker_local.c - the embedded broker (local:DIR): a durable queue in SQLite.
  *
  * Every message is a row of DIR/queue.db (WAL).  A consumer *leases* rows by
- * writing its owner (this process: pid and start time) and its consumer id
+ * writing its owner (this process: pid, start time, boot) and its consumer id
  * into them; a leased row is invisible to every other consumer until it is
  * acked (deleted), retried (lease cleared, attempts + 1, visible later),
  * dead-lettered (moved to "Q.dead") or released (consumer closed, or its
@@ -11,9 +11,10 @@
  * the leases of dead ones (marked redelivered).
  *
  * Order: a queue is served by due time, then by id.  A new message is due at
- * its publish time, so one publisher's messages come out in order, and a
- * retried message rejoins the line at the time its delay ends - one index
- * range scan finds the next message however many delayed ones wait.
+ * its publish time, so one publisher's messages come out in order (unless
+ * the wall clock steps back), and a retried message rejoins the line at the
+ * time its delay ends - one index range scan finds the next message however
+ * many delayed ones wait.
  *
  * One connection per broker, guarded by db_lock: every statement is short,
  * and SQLite serialises writers anyway.  publish() is the hot path of event
@@ -25,9 +26,14 @@
  * retry and release in this process; other processes' messages and delayed
  * ones becoming due are found by polling every POLL_MS.
  *
+ * Locks: db_lock may be held while taking wake_lock, never the reverse;
+ * gc_lock is never held with either.
+ *
  * Limits: the directory must be on a local file system (WAL needs shared
- * memory), and all processes sharing it must see each other's pids (one pid
- * namespace).  A process that forks must not use its broker in the child. */
+ * memory).  Leases of a process in another pid namespace are never taken
+ * back from here (we cannot tell whether it lives): processes sharing a
+ * queue should share a pid namespace.  A process that forks must not use its
+ * broker in the child. */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -47,12 +53,12 @@
 
 #define COMP "broker"
 
-#define POLL_MS          100  /* how often a waiting consumer looks for others' messages */
-#define RECLAIM_MS       1000 /* how often dead owners' leases are looked for */
-#define LEASE_BATCH_MAX  64   /* rows leased by one transaction when prefetch allows */
-#define BUSY_TIMEOUT_MS  10000
-#define OWNERS_MAX       1024 /* distinct lease owners examined per round */
-#define SCHEMA_VERSION   1
+#define POLL_MS         100  /* how often a waiting consumer looks for others' messages */
+#define RECLAIM_MS      1000 /* how often dead owners' leases are looked for */
+#define LEASE_BATCH_MAX 64   /* rows leased by one transaction when prefetch allows */
+#define BUSY_TIMEOUT_MS 10000
+#define OWNERS_MAX      1024 /* distinct lease owners examined per round */
+#define SCHEMA_VERSION  1
 
 enum {
     ST_BEGIN,
@@ -122,7 +128,7 @@ static const char schema_sql[] =
     " attempts INTEGER NOT NULL DEFAULT 0,"
     " published_ms INTEGER NOT NULL,"
     " visible_at_ms INTEGER NOT NULL,"
-    " lease_owner TEXT," /* the leasing process, see self_identity() */
+    " lease_owner TEXT,"  /* the leasing process, see self_identity() */
     " lease_cid INTEGER," /* the consumer within it */
     " redelivered INTEGER NOT NULL DEFAULT 0,"
     " dead_reason TEXT);"
@@ -324,8 +330,7 @@ static int self_identity(lq *q)
     snprintf(q->boot, sizeof q->boot, "%s", boot[0] ? boot : "-");
     snprintf(q->pidns, sizeof q->pidns, "%.*s", ndigits, digits);
     if (!q->pidns[0]) snprintf(q->pidns, sizeof q->pidns, "-");
-    snprintf(q->owner, sizeof q->owner, "%ld:%llu:%s:%s", (long)getpid(), start, q->boot,
-             q->pidns);
+    snprintf(q->owner, sizeof q->owner, "%ld:%llu:%s:%s", (long)getpid(), start, q->boot, q->pidns);
     return ES_OK;
 }
 
@@ -411,12 +416,13 @@ static int64_t reclaim(lq *q)
             int64_t k = sqlite3_changes64(q->db);
             released += k;
             if (k > 0)
-                es_warn(COMP, "released %lld message(s) leased by dead process %s",
-                        (long long)k, owners[i]);
+                es_warn(COMP, "released %lld message(s) leased by dead process %s", (long long)k,
+                        owners[i]);
         }
         pthread_mutex_unlock(&q->db_lock);
     }
-    for (int i = 0; i < n; i++) free(owners[i]);
+    for (int i = 0; i < n; i++)
+        free(owners[i]);
     if (released > 0) wake_queue(q, NULL, SIZE_MAX);
     return released;
 }
@@ -466,9 +472,8 @@ static int version_read(void *arg, int ncol, char **vals, char **names)
 
 static int db_setup(lq *q, const char *path)
 {
-    int rc = sqlite3_open_v2(path, &q->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         es_error(COMP, "cannot open %s: %s", path,
                  q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
@@ -509,8 +514,7 @@ static int db_setup(lq *q, const char *path)
     }
 
     for (int i = 0; i < ST_COUNT; i++) {
-        rc = sqlite3_prepare_v3(q->db, sql_text[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i],
-                                NULL);
+        rc = sqlite3_prepare_v3(q->db, sql_text[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i], NULL);
         if (rc != SQLITE_OK) return db_fail(q, rc, "preparing a statement");
     }
     return ES_OK;
@@ -597,7 +601,8 @@ static void lq_close(void *ctx)
     }
     if (q->consumers)
         es_warn(COMP, "local queue %s closed with consumers still open", q->dir ? q->dir : "");
-    for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(q->st[i]);
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(q->st[i]);
     if (q->db) sqlite3_close(q->db);
     es_buf_finish(&q->hdr);
     pthread_mutex_destroy(&q->db_lock);
@@ -635,8 +640,10 @@ static int headers_encode(lq *q, const es_kv *kv, int n, const char *skip)
 
 static void bind_headers(sqlite3_stmt *st, int idx, const es_buf *b)
 {
-    if (b->len == 0) sqlite3_bind_null(st, idx);
-    else sqlite3_bind_blob(st, idx, b->data, (int)b->len, SQLITE_STATIC);
+    if (b->len == 0)
+        sqlite3_bind_null(st, idx);
+    else
+        sqlite3_bind_blob(st, idx, b->data, (int)b->len, SQLITE_STATIC);
 }
 
 static int headers_decode(const unsigned char *p, size_t len, es_kv **out, int *count)
@@ -645,7 +652,8 @@ static int headers_decode(const unsigned char *p, size_t len, es_kv **out, int *
     *count = 0;
     if (len == 0) return ES_OK;
     size_t nul = 0;
-    for (size_t i = 0; i < len; i++) nul += p[i] == '\0';
+    for (size_t i = 0; i < len; i++)
+        nul += p[i] == '\0';
     if (nul % 2 != 0 || p[len - 1] != '\0' || nul / 2 > INT_MAX) return ES_EBACKEND;
     int n = (int)(nul / 2);
     es_kv *kv = calloc((size_t)n, sizeof *kv);
@@ -684,8 +692,10 @@ static int insert_batch(lq *q, pub_req *batch)
             const es_msg *m = &r->msgs[i];
             if ((err = headers_encode(q, m->headers, m->nheaders, NULL))) break;
             sqlite3_bind_text(ins, 1, m->queue, -1, SQLITE_STATIC);
-            if (m->len > 0) sqlite3_bind_blob64(ins, 2, m->body, m->len, SQLITE_STATIC);
-            else sqlite3_bind_zeroblob(ins, 2, 0);
+            if (m->len > 0)
+                sqlite3_bind_blob64(ins, 2, m->body, m->len, SQLITE_STATIC);
+            else
+                sqlite3_bind_zeroblob(ins, 2, 0);
             bind_headers(ins, 3, &q->hdr);
             sqlite3_bind_int(ins, 4, m->attempts);
             sqlite3_bind_int64(ins, 5, now);
@@ -709,8 +719,10 @@ static int lq_publish(void *ctx, const es_msg *msgs, size_t n)
     pub_req req = {.msgs = msgs, .n = n};
 
     pthread_mutex_lock(&q->gc_lock);
-    if (q->gc_tail) q->gc_tail->next = &req;
-    else q->gc_head = &req;
+    if (q->gc_tail)
+        q->gc_tail->next = &req;
+    else
+        q->gc_head = &req;
     q->gc_tail = &req;
     while (!req.done) {
         if (q->gc_leader) {
@@ -740,7 +752,8 @@ static int lq_publish(void *ctx, const es_msg *msgs, size_t n)
     if (req.rc == ES_OK) {
         for (size_t i = 0; i < n;) {
             size_t j = i + 1;
-            while (j < n && strcmp(msgs[j].queue, msgs[i].queue) == 0) j++;
+            while (j < n && strcmp(msgs[j].queue, msgs[i].queue) == 0)
+                j++;
             wake_queue(q, msgs[i].queue, j - i);
             i = j;
         }
@@ -781,7 +794,8 @@ static int buf_reserve(lq_consumer *c, int extra)
     }
     if (c->nbuf + extra <= c->cap) return ES_OK;
     int cap = c->cap ? c->cap : 8;
-    while (cap < c->nbuf + extra) cap *= 2;
+    while (cap < c->nbuf + extra)
+        cap *= 2;
     es_delivery *nb = realloc(c->buf, (size_t)cap * sizeof *nb);
     if (!nb) return ES_ENOMEM;
     c->buf = nb;
@@ -809,8 +823,8 @@ static int row_to_delivery(lq_consumer *c, sqlite3_stmt *st, es_delivery *d)
     int err = headers_decode(hdr, hlen, &d->headers, &d->nheaders);
     if (err == ES_ENOMEM) goto fail;
     if (err)
-        es_warn(COMP, "local queue %s: message %llu has malformed headers; dropped them",
-                c->q->dir, (unsigned long long)d->tag);
+        es_warn(COMP, "local queue %s: message %llu has malformed headers; dropped them", c->q->dir,
+                (unsigned long long)d->tag);
     return ES_OK;
 fail:
     free(d->queue);
@@ -846,8 +860,10 @@ static int lease_try(lq_consumer *c, es_delivery *dst, int want, int *got, bool 
         sqlite3_bind_int64(upd, 3, c->cid);
         rc = sqlite3_step(upd);
         if (rc != SQLITE_DONE) {
-            if ((rc & 0xff) == SQLITE_BUSY) *busy = true;
-            else err = db_fail(q, rc, "leasing a message");
+            if ((rc & 0xff) == SQLITE_BUSY)
+                *busy = true;
+            else
+                err = db_fail(q, rc, "leasing a message");
         }
         sqlite3_reset(upd);
         if (*busy) break;
@@ -855,14 +871,17 @@ static int lease_try(lq_consumer *c, es_delivery *dst, int want, int *got, bool 
     if (!err && !*busy) {
         rc = sqlite3_step(q->st[ST_COMMIT]);
         if (rc != SQLITE_DONE) {
-            if ((rc & 0xff) == SQLITE_BUSY) *busy = true;
-            else err = db_fail(q, rc, "committing a lease");
+            if ((rc & 0xff) == SQLITE_BUSY)
+                *busy = true;
+            else
+                err = db_fail(q, rc, "committing a lease");
         }
         sqlite3_reset(q->st[ST_COMMIT]);
     }
     if (err || *busy) {
         rollback_if_open(q);
-        for (int i = 0; i < *got; i++) es_delivery_finish(&dst[i]);
+        for (int i = 0; i < *got; i++)
+            es_delivery_finish(&dst[i]);
         *got = 0;
     }
     return err;
@@ -1030,8 +1049,10 @@ static void lq_consumer_close(void *consumer)
     int64_t released = 0;
 
     pthread_mutex_lock(&q->wake_lock);
-    if (c->prev) c->prev->next = c->next;
-    else q->consumers = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        q->consumers = c->next;
     if (c->next) c->next->prev = c->prev;
     pthread_mutex_unlock(&q->wake_lock);
 
@@ -1060,7 +1081,8 @@ static void lq_consumer_close(void *consumer)
     }
     if (released > 0) wake_queue(q, c->queue, (size_t)released);
 
-    for (int i = 0; i < c->nbuf; i++) es_delivery_finish(&c->buf[c->head + i]);
+    for (int i = 0; i < c->nbuf; i++)
+        es_delivery_finish(&c->buf[c->head + i]);
     free(c->buf);
     pthread_cond_destroy(&c->cond);
     free(c->queue);
@@ -1095,8 +1117,7 @@ static int lq_purge(void *ctx, const char *queue)
     sqlite3_bind_text(q->st[ST_PURGE], 1, queue, -1, SQLITE_STATIC);
     int err = step_done(q, ST_PURGE, "purging a queue");
     if (!err)
-        es_info(COMP, "purged %lld message(s) from %s", (long long)sqlite3_changes64(q->db),
-                queue);
+        es_info(COMP, "purged %lld message(s) from %s", (long long)sqlite3_changes64(q->db), queue);
     pthread_mutex_unlock(&q->db_lock);
     return err;
 }
