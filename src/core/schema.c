@@ -70,49 +70,54 @@ static const migration migrations[] = {
      NULL, NULL},
 };
 
-static int applied_versions(es_store_conn *c, int64_t *max_applied)
+static int max_version(es_store_conn *c, int64_t *out)
 {
     es_rows *r = NULL;
-    int rc = es_store_exec_script(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                                     " version integer PRIMARY KEY, name text NOT NULL,"
-                                     " applied_ms bigint NOT NULL)");
+    int rc = es_store_exec(c, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0, NULL, &r);
     if (rc) return rc;
-    rc = es_store_exec(c, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0, NULL, &r);
-    if (rc) return rc;
-    *max_applied = es_rows_int(r, 0, 0, 0);
+    *out = es_rows_int(r, 0, 0, 0);
     es_rows_free(r);
     return ES_OK;
 }
 
+/* Several processes may start at once: each migration is decided and applied
+ * under the database's write lock (BEGIN IMMEDIATE on SQLite, an advisory
+ * transaction lock on PostgreSQL), so exactly one of them applies it. */
 int es_store_migrate(es_store *s, int *applied)
 {
     es_store_conn *c = NULL;
     int n = 0, rc = es_store_acquire(s, &c);
     if (rc) return rc;
-    int64_t have = 0;
-    if ((rc = applied_versions(c, &have))) goto release;
+    rc = es_store_exec_script(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                 " version integer PRIMARY KEY, name text NOT NULL,"
+                                 " applied_ms bigint NOT NULL)");
+    if (rc) goto release;
     for (size_t i = 0; i < ES_ARRAY_LEN(migrations); i++) {
         const migration *m = &migrations[i];
-        if (m->version <= have) continue;
         const char *sql = m->sql;
         if (es_store_dialect(s) == ES_DIALECT_SQLITE && m->sqlite_sql) sql = m->sqlite_sql;
         if (es_store_dialect(s) == ES_DIALECT_PG && m->pg_sql) sql = m->pg_sql;
         if ((rc = es_store_begin(c))) goto release;
+        if (es_store_dialect(s) == ES_DIALECT_PG)
+            rc = es_store_exec(c, "SELECT pg_advisory_xact_lock(7306285)", 0, NULL, NULL);
+        int64_t have = 0;
+        if (!rc) rc = max_version(c, &have);
+        if (!rc && have >= m->version) {
+            rc = es_store_commit(c);
+            if (rc) goto release;
+            continue;
+        }
         char ver[16], now[24];
         snprintf(ver, sizeof ver, "%d", m->version);
         snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
         const char *p[] = {ver, m->name, now};
-        rc = es_store_exec_script(c, sql);
+        if (!rc) rc = es_store_exec_script(c, sql);
         if (!rc)
             rc = es_store_exec(c, "INSERT INTO schema_migrations (version, name, applied_ms) "
                                   "VALUES ($1, $2, $3)", 3, p, NULL);
         if (rc) {
-            /* another process migrating at the same moment wins: not an error */
             es_store_rollback(c);
-            int64_t again = 0;
-            if (applied_versions(c, &again) == ES_OK && again >= m->version) continue;
-            es_error("store", "migration %d (%s) failed: %s", m->version, m->name,
-                     es_strerror(rc));
+            es_error("store", "migration %d (%s) failed: %s", m->version, m->name, es_strerror(rc));
             goto release;
         }
         if ((rc = es_store_commit(c))) goto release;
