@@ -6,6 +6,7 @@
 #include "esteira/err.h"
 #include "esteira/log.h"
 #include "esteira/store.h"
+#include "esteira/util.h"
 
 static void test_concurrent_migrations(void **state)
 {
@@ -13,20 +14,28 @@ static void test_concurrent_migrations(void **state)
     es_log_set_level(ES_LOG_OFF);
     char *dir = test_tmpdir("schema"), url[512];
     snprintf(url, sizeof url, "sqlite:%s/db", dir);
-    enum { PROCS = 4 };
+    enum { PROCS = 8 };
     pid_t pids[PROCS];
+    int gate[2];
+    assert_int_equal(pipe(gate), 0);
     for (int i = 0; i < PROCS; i++) {
         pids[i] = fork();
         if (pids[i] == 0) {
+            close(gate[1]);
             es_config cfg;
             es_config_defaults(&cfg);
             es_store *s = NULL;
             int rc = es_store_open(url, &cfg, &s);
+            char c;
+            if (read(gate[0], &c, 1) < 0) _exit(2); /* everyone starts together: EOF */
             if (!rc) rc = es_store_migrate(s, NULL);
             es_store_close(s);
             _exit(rc == ES_OK ? 0 : 1);
         }
     }
+    es_sleep_ms(200); /* let every child open the store */
+    close(gate[0]);
+    close(gate[1]);
     for (int i = 0; i < PROCS; i++) {
         int st = 0;
         assert_int_equal(waitpid(pids[i], &st, 0), pids[i]);
