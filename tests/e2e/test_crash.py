@@ -88,19 +88,27 @@ def test_sigterm_graceful_stop(start_server):
                                 " AND payload LIKE '%60000%'")) == 2,
              timeout=30, what="the long jobs running")
 
-    # a client keeps submitting while the server stops: whatever got 201 must survive
-    accepted, stop = [], threading.Event()
+    # a client keeps submitting while the server stops: whatever got 201 must
+    # survive; a request that got no answer is sent again after the restart
+    # with the same Idempotency-Key, as a client would
+    accepted, unanswered, refused, stop = {}, [], [], threading.Event()
 
     def keep_submitting():
         i = 0
         while not stop.is_set():
+            key = f"during-stop-{i}"
             try:
                 r = s.post("/v1/jobs", json={"kind": "noop", "payload": {"sleepMs": 1}},
-                           headers={"Idempotency-Key": f"during-stop-{i}"}, timeout=5)
+                           headers={"Idempotency-Key": key}, timeout=5)
                 if r.status_code == 201:
-                    accepted.append(r.json()["id"])
-            except requests.RequestException:
-                pass
+                    accepted[key] = r.json()["id"]
+                else:
+                    refused.append((key, r.status_code))
+            except requests.ConnectionError as e:
+                # refused (the listener is gone) or cut off mid-request
+                unanswered.append((key, str(e)))
+                if "Connection refused" in str(e):
+                    break
             i += 1
 
     t = threading.Thread(target=keep_submitting)
@@ -111,7 +119,8 @@ def test_sigterm_graceful_stop(start_server):
     took = time.monotonic() - t0
     stop.set()
     t.join(10)
-    print(f"\nSIGTERM: exit {rc} after {took:.2f} s; {len(accepted)} jobs accepted meanwhile")
+    print(f"\nSIGTERM: exit {rc} after {took:.2f} s; {len(accepted)} jobs accepted meanwhile,"
+          f" {len(unanswered)} requests unanswered, {len(refused)} refused")
     assert rc == 0
     assert took < timeout_ms / 1000 + 2, took
     assert any(l.get("msg") == "stopped" for l in s.log_lines(current=True))
@@ -120,14 +129,27 @@ def test_sigterm_graceful_stop(start_server):
         st, att = s.sql(f"SELECT status, attempts FROM jobs WHERE id = '{i}'")[0]
         assert (st, att) == ("queued", "0"), (i, st, att)
 
+    assert all(code == 503 for _, code in refused), refused
     s.start()
-    everything = short + accepted
+    answered_late = {}
+    for key, _ in unanswered + refused:
+        r = s.post("/v1/jobs", json={"kind": "noop", "payload": {"sleepMs": 1}},
+                   headers={"Idempotency-Key": key})
+        assert r.status_code in (200, 201), r.text
+        answered_late[key] = r.json()["id"]
+    cut_off = [k for k, _ in unanswered if k in answered_late and
+               s.job(answered_late[k])["createdAt"] < s.log_lines(current=True)[0]["ts"]]
+    if cut_off:
+        print(f"{len(cut_off)} requests were carried out but their answer was lost in the stop")
+    everything = short + list(accepted.values()) + list(answered_late.values())
+    assert len(set(everything)) == len(everything), "one job per Idempotency-Key"
     wait_for(lambda: int(s.sql1("SELECT count(*) FROM jobs WHERE status = 'done'"))
              >= len(everything), timeout=60, what="every accepted job done")
     for i in everything:
         assert s.job(i)["status"] == "done"
     total, distinct, _ = effects_report(s)
     assert total == distinct == len(everything)
+    assert int(s.sql1("SELECT count(*) FROM jobs")) == len(everything) + len(long_)
     for i in long_:
         j = s.job(i)
         assert j["status"] == "processing" and j["attempts"] == 1, j
