@@ -102,6 +102,7 @@ class Server:
         self.env.update(env or {})
         self.proc = None
         self.starts = 0
+        self.log_offset = 0  # where the current start's lines begin in the log
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.token = None  # sent as a Bearer token by the request helpers when set
         self.http = requests.Session()
@@ -371,9 +372,17 @@ def start_server(request, workdir):
     failed = any(getattr(request.node, "rep_" + w, None) is not None and
                  getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
     for s in servers:
+        # how it ended before teardown touched it: a crash shows here, not in its log
+        rc = s.proc.poll() if s.proc is not None else None
         s.cleanup()
         if failed:
-            print(f"\n----- {s.name} log ({s.log_path}), last lines:\n{s.log_tail(80)}")
+            if rc is None:
+                state = "running at teardown" if s.proc is not None else "never started"
+            elif rc < 0:
+                state = f"killed by {signal.Signals(-rc).name}"
+            else:
+                state = f"exited {rc}"
+            print(f"\n----- {s.name} ({s.cmd}, {state}) log {s.log_path}, last lines:\n{s.log_tail(80)}")
     # the promise: nothing left running
     for s in servers:
         assert s.proc is None or s.proc.poll() is not None, f"{s.name} still running"
