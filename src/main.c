@@ -64,10 +64,14 @@ int main(int argc, char **argv)
     const char *cmd = nr ? rest[0] : "help";
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);
+        free(settings);
+        free(rest);
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("esteira %s\n", ESTEIRA_VERSION);
+        free(settings);
+        free(rest);
         return 0;
     }
     es_config cfg;
@@ -75,6 +79,8 @@ int main(int argc, char **argv)
     if (es_config_load(&cfg, ns, settings, err, sizeof err)) {
         fprintf(stderr, "esteira: invalid setting: %s\n", err);
         es_config_finish(&cfg);
+        free(settings);
+        free(rest);
         return 2;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -92,7 +92,9 @@ int es_req_json(es_req *r, json_t **out);
 /* Who is calling (after auth). */
 const char *es_req_tenant(es_req *r);
 unsigned es_req_scopes(es_req *r);
-/* A per-request slot for streaming handlers; free_fn runs when the request ends. */
+/* A per-request slot for streaming handlers; free_fn runs when the request ends.
+ * Setting a different state runs the previous free_fn on the previous state;
+ * setting the same pointer only replaces free_fn (NULL disarms it). */
 void es_req_set_state(es_req *r, void *state, void (*free_fn)(void *));
 void *es_req_state(es_req *r);
 /* Parses "limit" (1..max, default def); answers 400 itself on a bad value. */

@@ -394,13 +394,15 @@ void es_config_print_help(FILE *out)
     }
 }
 
-/* postgres://user:secret@host -> postgres://user:***@host; a bare secret -> *** */
-static void mask(const char *v, char *out, size_t len)
+/* postgres://user:secret@host -> postgres://user:***@host; a URL without a
+ * password (local:dir, file:dir) as it is; a bare secret -> *** */
+static void mask(const es_conf_entry *e, const char *v, char *out, size_t len)
 {
     const char *scheme = strstr(v, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
     const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
+    bool is_url = strstr(e->name, "_url") != NULL;
     if (colon) snprintf(out, len, "%.*s:***%s", (int)(colon - v), v, at);
-    else if (scheme) snprintf(out, len, "%s", v); /* no password in it */
+    else if (scheme || (is_url && strchr(v, ':'))) snprintf(out, len, "%s", v);
     else if (*v) snprintf(out, len, "***");
     else snprintf(out, len, "%s", "");
 }
@@ -415,7 +417,7 @@ void es_config_print(const es_config *cfg, FILE *out)
         if (e->type == ES_CONF_STR) {
             const char *v = *(char *const *)base;
             char m[1024];
-            if (e->flags & ES_CONF_SECRET) mask(v ? v : "", m, sizeof m);
+            if (e->flags & ES_CONF_SECRET) mask(e, v ? v : "", m, sizeof m);
             else snprintf(m, sizeof m, "%s", v ? v : "");
             fprintf(out, "%s=%s\n", env, m);
         } else if (e->type == ES_CONF_BOOL) {

@@ -51,7 +51,9 @@ int api_blob_put_end(es_req *r)
 {
     es_blob_writer *w = es_req_state(r);
     if (!w) return es_reply_err(r, ES_EIO, "cannot store the object");
-    /* commit frees the writer: take it out of the slot first */
+    /* commit frees the writer: disarm the slot's abort (same pointer, no free
+     * function), then empty it */
+    es_req_set_state(r, w, NULL);
     es_req_set_state(r, NULL, NULL);
     int rc = es_blob_commit(w);
     if (rc) return es_reply_err(r, rc, "cannot store the object");

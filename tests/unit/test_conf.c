@@ -127,6 +127,8 @@ static void test_print_masks_secrets(void **state)
     assert_null(strstr(out, "s3cr3t"));
     assert_null(strstr(out, "es_x_y"));
     assert_non_null(strstr(out, "ESTEIRA_DATABASE_URL=postgres://app:***@db/app"));
+    assert_non_null(strstr(out, "ESTEIRA_BROKER_URL=local:")); /* no secret in it: shown */
+    assert_non_null(strstr(out, "ESTEIRA_CACHE_URL=local:"));
     free(out);
     es_config_finish(&c);
 }
