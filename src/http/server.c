@@ -67,6 +67,7 @@ struct es_http {
     struct MHD_Daemon *d;
     uint16_t port;
     atomic_int inflight;
+    atomic_bool stopping; /* set before draining: later requests do nothing */
 };
 
 typedef struct hdr {
@@ -586,6 +587,16 @@ static void on_headers(es_req *r, const char *version)
     if (!parse_traceparent(es_req_header(r, "traceparent"), r->trace_id)) r->trace_id[0] = '\0';
     set_log_ctx(r);
 
+    /* A request that arrives (on a kept-alive connection) after the drain
+     * began must not start work whose answer could be cut off: inflight was
+     * counted in on_uri before this check, so es_http_stop either waits for
+     * this request or this request sees the flag. */
+    if (atomic_load(&h->stopping)) {
+        es_reply_header(r, "Connection", "close");
+        es_reply_error(r, 503, "unavailable", "the server is shutting down", NULL);
+        return;
+    }
+
     size_t hsize = strlen(r->method) + strlen(r->uri) + (r->query[0] ? strlen(r->query) + 1 : 0) +
                    (version ? strlen(version) : 0) + 4;
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, add_header_size, &hsize);
@@ -817,6 +828,7 @@ int es_http_create(struct es_app *app, const es_route *routes, size_t nroutes, e
     h->routes = routes;
     h->nroutes = nroutes;
     atomic_init(&h->inflight, 0);
+    atomic_init(&h->stopping, false);
     static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                      0.1,    0.25,  0.5,    1,     2.5,  5,     10};
     es_metric_define(M_REQUESTS, ES_METRIC_COUNTER, "HTTP requests answered", NULL, 0);
@@ -905,6 +917,7 @@ void es_http_stop(es_http *h)
     /* Stop accepting first; requests already in flight finish within the
      * shutdown timeout, then the daemon closes what is left (idle
      * keep-alive connections, streams that never end). */
+    atomic_store(&h->stopping, true);
     MHD_socket lfd = MHD_quiesce_daemon(h->d);
     int64_t deadline = es_mono_ms() + h->app->cfg->shutdown_timeout_ms;
     while (atomic_load(&h->inflight) > 0 && es_mono_ms() < deadline)
