@@ -29,7 +29,8 @@ static bool with_effect;
 static int bench_run(es_job_ctx *ctx, void *arg)
 {
     (void)arg;
-    int64_t now = es_now_ms() * 1000 + es_mono_us() % 1000; /* ms clock, us resolution is cosmetic */
+    int64_t now =
+        es_now_ms() * 1000 + es_mono_us() % 1000; /* ms clock, us resolution is cosmetic */
     const es_job *j = es_job_ctx_job(ctx);
     json_t *p = json_loads(j->payload, 0, NULL);
     int64_t t0 = es_json_int(p, "t", now);
@@ -43,8 +44,8 @@ static int bench_run(es_job_ctx *ctx, void *arg)
             char at[24];
             snprintf(at, sizeof at, "%lld", (long long)es_now_ms());
             const char *prm[] = {j->id, at};
-            rc = es_store_exec(c, "INSERT INTO noop_effects (job_id, at_ms) VALUES ($1, $2)", 2, prm,
-                               NULL);
+            rc = es_store_exec(c, "INSERT INTO noop_effects (job_id, at_ms) VALUES ($1, $2)", 2,
+                               prm, NULL);
         }
     }
     atomic_fetch_add(&finished, 1);
@@ -63,7 +64,8 @@ static void *produce(void *arg)
     for (long i = 0; i < p->n; i++) {
         char payload[64];
         /* wall clock in us: comparable across threads */
-        snprintf(payload, sizeof payload, "{\"t\":%lld}", (long long)(es_now_ms() * 1000 + es_mono_us() % 1000));
+        snprintf(payload, sizeof payload, "{\"t\":%lld}",
+                 (long long)(es_now_ms() * 1000 + es_mono_us() % 1000));
         es_job_req req = {.kind = "bench", .tenant = "bench", .payload = payload};
         if (es_job_submit(p->engine, &req, NULL, NULL) != ES_OK) p->failures++;
     }
@@ -97,12 +99,17 @@ int main(int argc, char **argv)
     long jobs = 20000;
     int producers = 4, workers = 4;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--jobs") && i + 1 < argc) jobs = strtol(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--producers") && i + 1 < argc) producers = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--workers") && i + 1 < argc) workers = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--effect")) with_effect = true;
+        if (!strcmp(argv[i], "--jobs") && i + 1 < argc)
+            jobs = strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--producers") && i + 1 < argc)
+            producers = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--workers") && i + 1 < argc)
+            workers = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--effect"))
+            with_effect = true;
         else {
-            fprintf(stderr, "usage: %s [--jobs N] [--producers P] [--workers W] [--effect]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--jobs N] [--producers P] [--workers W] [--effect]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -136,9 +143,11 @@ int main(int argc, char **argv)
         pthread_create(&th[i], NULL, produce, &pr[i]);
     }
     int failures = 0;
-    for (int i = 0; i < producers; i++) pthread_join(th[i], NULL), failures += pr[i].failures;
+    for (int i = 0; i < producers; i++)
+        pthread_join(th[i], NULL), failures += pr[i].failures;
     int64_t t_submit = es_mono_us();
-    while (atomic_load(&finished) < jobs - failures) es_sleep_ms(2);
+    while (atomic_load(&finished) < jobs - failures)
+        es_sleep_ms(2);
     int64_t t_end = es_mono_us();
     es_app_stop(app);
 

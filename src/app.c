@@ -130,15 +130,17 @@ int es_app_create(es_config *cfg, unsigned roles, es_app **out)
         int64_t keys = 0;
         if ((rc = es_keys_count(app->store, &keys))) goto fail;
         if (!loop && keys == 0) {
-            es_error("app", "refusing to listen on %s without API keys: create one with "
-                            "`esteira keys create --tenant NAME --scopes all`, or bind to 127.0.0.1",
+            es_error("app",
+                     "refusing to listen on %s without API keys: create one with "
+                     "`esteira keys create --tenant NAME --scopes all`, or bind to 127.0.0.1",
                      cfg->host);
             rc = ES_EFORBIDDEN;
             goto fail;
         }
         if (app->open_mode_allowed && keys == 0)
-            es_warn("auth", "no API keys exist: requests without a token are accepted on %s as "
-                            "tenant '%s' until the first key is created",
+            es_warn("auth",
+                    "no API keys exist: requests without a token are accepted on %s as "
+                    "tenant '%s' until the first key is created",
                     cfg->host, ES_DEFAULT_TENANT);
         size_t nroutes;
         const es_route *routes = es_api_routes(&nroutes);
@@ -175,8 +177,8 @@ int es_app_start(es_app *app)
                           es_broker_name(app->broker), "cache", es_cache_name(app->cache), "blob",
                           es_blob_name(app->blob), "roles",
                           app->roles == (ES_ROLE_API | ES_ROLE_WORKER) ? "api+workers"
-                          : app->roles & ES_ROLE_API                 ? "api"
-                                                                     : "workers");
+                          : app->roles & ES_ROLE_API                   ? "api"
+                                                                       : "workers");
     if (app->http) json_object_set_new(f, "port", json_integer(es_http_port(app->http)));
     ES_LOGF(ES_LOG_INFO, "app", f, "esteira started");
     return ES_OK;

@@ -16,7 +16,8 @@ static void usage(FILE *out)
             "esteira %s - moves CSV files and event streams into a database and object storage\n\n"
             "usage: esteira [SETTINGS] COMMAND [ARGS]\n\n"
             "Servers:\n"
-            "  up                 API and workers in one process (embedded defaults: nothing to set up)\n"
+            "  up                 API and workers in one process (embedded defaults: nothing to "
+            "set up)\n"
             "  serve              the API only\n"
             "  work               the workers only\n"
             "Administration (on the store directly):\n"
@@ -87,15 +88,24 @@ int main(int argc, char **argv)
     int rc;
     int nargs = nr - 1;
     char **args = rest + 1;
-    if (!strcmp(cmd, "up")) rc = es_app_main(&cfg, ES_ROLE_API | ES_ROLE_WORKER);
-    else if (!strcmp(cmd, "serve")) rc = es_app_main(&cfg, ES_ROLE_API);
-    else if (!strcmp(cmd, "work")) rc = es_app_main(&cfg, ES_ROLE_WORKER);
-    else if (!strcmp(cmd, "migrate")) rc = cli_migrate(&cfg);
-    else if (!strcmp(cmd, "config")) es_config_print(&cfg, stdout), rc = 0;
-    else if (!strcmp(cmd, "keys")) rc = cli_keys(&cfg, nargs, args);
-    else if (!strcmp(cmd, "status")) rc = cli_status(&cfg, nargs, args);
-    else if (!strcmp(cmd, "jobs")) rc = cli_jobs(&cfg, nargs, args);
-    else if (!strcmp(cmd, "dlq")) rc = cli_dlq(&cfg, nargs, args);
+    if (!strcmp(cmd, "up"))
+        rc = es_app_main(&cfg, ES_ROLE_API | ES_ROLE_WORKER);
+    else if (!strcmp(cmd, "serve"))
+        rc = es_app_main(&cfg, ES_ROLE_API);
+    else if (!strcmp(cmd, "work"))
+        rc = es_app_main(&cfg, ES_ROLE_WORKER);
+    else if (!strcmp(cmd, "migrate"))
+        rc = cli_migrate(&cfg);
+    else if (!strcmp(cmd, "config"))
+        es_config_print(&cfg, stdout), rc = 0;
+    else if (!strcmp(cmd, "keys"))
+        rc = cli_keys(&cfg, nargs, args);
+    else if (!strcmp(cmd, "status"))
+        rc = cli_status(&cfg, nargs, args);
+    else if (!strcmp(cmd, "jobs"))
+        rc = cli_jobs(&cfg, nargs, args);
+    else if (!strcmp(cmd, "dlq"))
+        rc = cli_dlq(&cfg, nargs, args);
     else {
         fprintf(stderr, "esteira: unknown command '%s' (see esteira help)\n", cmd);
         rc = 2;

@@ -25,7 +25,7 @@ typedef struct es_app {
     es_blob *blob;
     es_engine *engine;
     es_http *http;
-    char *secret; /* signs URLs */
+    char *secret;           /* signs URLs */
     bool open_mode_allowed; /* loopback and ESTEIRA_AUTH=auto */
 } es_app;
 

@@ -31,8 +31,8 @@ int es_scopes_parse(const char *s, unsigned *out, const char **bad);
 void es_scopes_format(unsigned scopes, char *out, size_t len);
 
 /* Creates a key: *token (malloc'd) is shown once and never stored. */
-int es_keys_create(es_store *s, const char *tenant, unsigned scopes, const char *name,
-                   char **token, char key_id[40]);
+int es_keys_create(es_store *s, const char *tenant, unsigned scopes, const char *name, char **token,
+                   char key_id[40]);
 int es_keys_list(es_store *s, json_t **out);
 int es_keys_revoke(es_store *s, const char *key_id);
 int es_keys_count(es_store *s, int64_t *n); /* active keys */

@@ -24,26 +24,27 @@ typedef struct es_config {
     /* HTTP server */
     char *host;
     int64_t port;
-    char *public_url;     /* how clients reach us (signed URLs); derived when empty */
+    char *public_url; /* how clients reach us (signed URLs); derived when empty */
     int64_t http_threads;
-    int64_t max_body;     /* bytes, JSON bodies */
-    int64_t max_upload;   /* bytes, streamed bodies (CSV, blobs) */
-    int64_t max_header;   /* bytes, request line + headers */
+    int64_t max_body;   /* bytes, JSON bodies */
+    int64_t max_upload; /* bytes, streamed bodies (CSV, blobs) */
+    int64_t max_header; /* bytes, request line + headers */
     int64_t max_connections;
-    int64_t conn_timeout_ms;  /* idle or slow connection */
+    int64_t conn_timeout_ms; /* idle or slow connection */
     int64_t json_max_depth;
-    char *auth;           /* auto | required */
-    char *secret;         /* signs URLs; generated under data_dir when empty */
+    char *auth;   /* auto | required */
+    char *secret; /* signs URLs; generated under data_dir when empty */
     int64_t signed_url_ttl_ms;
     /* jobs */
-    int64_t workers;      /* default concurrency per job kind */
+    int64_t workers; /* default concurrency per job kind */
     int64_t job_max_attempts;
     int64_t job_backoff_base_ms;
     int64_t job_backoff_cap_ms;
-    int64_t job_timeout_ms;   /* a claimed job's lease; a dead worker's job is retaken after it */
-    char *job_kinds;      /* per-kind overrides: "noop:concurrency=4,attempts=3,base=100ms,cap=5s;…" */
+    int64_t job_timeout_ms; /* a claimed job's lease; a dead worker's job is retaken after it */
+    char *job_kinds; /* per-kind overrides: "noop:concurrency=4,attempts=3,base=100ms,cap=5s;…" */
     int64_t shutdown_timeout_ms;
-    int64_t queue_sync;   /* local broker: 1 = fsync each commit (power-loss safe), 0 = OS cache (crash safe) */
+    int64_t queue_sync; /* local broker: 1 = fsync each commit (power-loss safe), 0 = OS cache
+                           (crash safe) */
     int64_t prefetch;
     /* logs */
     char *log_level;
@@ -52,17 +53,25 @@ typedef struct es_config {
     char *token;
 } es_config;
 
-typedef enum { ES_CONF_STR, ES_CONF_INT, ES_CONF_SIZE, ES_CONF_DURATION, ES_CONF_BOOL } es_conf_type;
+typedef enum {
+    ES_CONF_STR,
+    ES_CONF_INT,
+    ES_CONF_SIZE,
+    ES_CONF_DURATION,
+    ES_CONF_BOOL
+} es_conf_type;
 
-enum { ES_CONF_SECRET = 1 << 0, /* masked by `esteira config` */
-       ES_CONF_CLIENT = 1 << 1  /* used by client commands */ };
+enum {
+    ES_CONF_SECRET = 1 << 0, /* masked by `esteira config` */
+    ES_CONF_CLIENT = 1 << 1  /* used by client commands */
+};
 
 typedef struct es_conf_entry {
     const char *name; /* "database_url" -> --database-url, ESTEIRA_DATABASE_URL */
     es_conf_type type;
     size_t offset;
-    const char *def;  /* default as text; "{data_dir}" expands */
-    int64_t min, max; /* for numbers */
+    const char *def;     /* default as text; "{data_dir}" expands */
+    int64_t min, max;    /* for numbers */
     const char *choices; /* "auto|required" for enumerated strings, else NULL */
     unsigned flags;
     const char *help;

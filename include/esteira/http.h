@@ -69,9 +69,9 @@ int es_query_get(const char *query, const char *name, char *out, size_t outlen);
 
 /* ---- the server */
 int es_http_create(struct es_app *app, const es_route *routes, size_t nroutes, es_http **out);
-int es_http_start(es_http *h); /* binds ESTEIRA_HOST:ESTEIRA_PORT */
+int es_http_start(es_http *h);           /* binds ESTEIRA_HOST:ESTEIRA_PORT */
 uint16_t es_http_port(const es_http *h); /* the bound port (after start; port 0 = any free one) */
-void es_http_stop(es_http *h);         /* stops accepting; waits for in-flight requests */
+void es_http_stop(es_http *h);           /* stops accepting; waits for in-flight requests */
 void es_http_destroy(es_http *h);
 
 /* ---- what a handler sees */

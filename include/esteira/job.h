@@ -70,8 +70,8 @@ typedef struct es_job_kind {
     const char *name; /* [a-z_][a-z0-9_]* */
     es_job_fn run;
     void *arg;
-    int concurrency;       /* 0 = ESTEIRA_WORKERS */
-    int max_attempts;      /* 0 = ESTEIRA_JOB_MAX_ATTEMPTS */
+    int concurrency;         /* 0 = ESTEIRA_WORKERS */
+    int max_attempts;        /* 0 = ESTEIRA_JOB_MAX_ATTEMPTS */
     int64_t backoff_base_ms; /* 0 = ESTEIRA_JOB_BACKOFF_BASE */
     int64_t backoff_cap_ms;  /* 0 = ESTEIRA_JOB_BACKOFF_CAP */
 } es_job_kind;

@@ -34,8 +34,10 @@ void es_log_ctx_clear(void);
 #define ES_LOGF(level, comp, fields, ...)                                                          \
     do {                                                                                           \
         json_t *es_log_f_ = (fields);                                                              \
-        if ((level) >= es_log_min_level) es_log_write((level), (comp), es_log_f_, __VA_ARGS__);    \
-        else json_decref(es_log_f_);                                                               \
+        if ((level) >= es_log_min_level)                                                           \
+            es_log_write((level), (comp), es_log_f_, __VA_ARGS__);                                 \
+        else                                                                                       \
+            json_decref(es_log_f_);                                                                \
     } while (0)
 
 #define es_debug(comp, ...) ES_LOG(ES_LOG_DEBUG, comp, __VA_ARGS__)

@@ -37,8 +37,7 @@ typedef struct es_store_ops {
     void (*release)(void *ctx, void *conn, bool broken);
     /* out may be NULL; else *out receives the rows (SELECT / RETURNING) and the
      * count of changed rows. */
-    int (*exec)(void *conn, const char *sql, int nparams, const char *const *params,
-                es_rows **out);
+    int (*exec)(void *conn, const char *sql, int nparams, const char *const *params, es_rows **out);
     /* Several statements separated by ';', no parameters (migrations). */
     int (*exec_script)(void *conn, const char *sql);
     int (*copy_in)(void *conn, const char *table, const char *const *cols, int ncols,

@@ -71,7 +71,7 @@ int es_parse_bool(const char *s, bool *out);
 bool es_ident_valid(const char *s);
 /* Copies at most size-1 bytes and always terminates; returns strlen(src). */
 size_t es_strlcpy(char *dst, const char *src, size_t size);
-char *es_strdup(const char *s); /* NULL in, NULL out */
+char *es_strdup(const char *s);              /* NULL in, NULL out */
 bool es_streq(const char *a, const char *b); /* NULL-safe */
 /* Constant-time comparison of two byte strings of length n. */
 bool es_ct_equal(const void *a, const void *b, size_t n);

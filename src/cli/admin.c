@@ -44,8 +44,9 @@ static const char *opt(int argc, char **argv, const char *name)
 
 int cli_keys(es_config *cfg, int argc, char **argv)
 {
-    const char *usage = "usage: esteira keys create --tenant T --scopes ingest,read,reports,files,admin"
-                        " [--name N] | list | revoke ID\n";
+    const char *usage =
+        "usage: esteira keys create --tenant T --scopes ingest,read,reports,files,admin"
+        " [--name N] | list | revoke ID\n";
     if (argc < 1) {
         fputs(usage, stderr);
         return 2;
@@ -65,7 +66,9 @@ int cli_keys(es_config *cfg, int argc, char **argv)
             return 2;
         }
         if (es_scopes_parse(scopes_s, &scopes, &bad)) {
-            fprintf(stderr, "esteira: unknown scope '%s' (ingest, read, reports, files, admin, all)\n", bad);
+            fprintf(stderr,
+                    "esteira: unknown scope '%s' (ingest, read, reports, files, admin, all)\n",
+                    bad);
             return 2;
         }
         if (open_store(cfg, &s)) return 1;
@@ -75,7 +78,8 @@ int cli_keys(es_config *cfg, int argc, char **argv)
             fprintf(stderr, "esteira: cannot create the key: %s\n", es_strerror(r));
         } else {
             printf("%s\n", token);
-            fprintf(stderr, "key %s for tenant %s created; the token above is shown only once\n", id, tenant);
+            fprintf(stderr, "key %s for tenant %s created; the token above is shown only once\n",
+                    id, tenant);
             rc = 0;
         }
         free(token);
@@ -92,8 +96,10 @@ int cli_keys(es_config *cfg, int argc, char **argv)
     } else if (!strcmp(argv[0], "revoke") && argc == 2) {
         if (open_store(cfg, &s)) return 1;
         int r = es_keys_revoke(s, argv[1]);
-        if (r) fprintf(stderr, "esteira: cannot revoke %s: %s\n", argv[1], es_strerror(r));
-        else printf("revoked %s\n", argv[1]);
+        if (r)
+            fprintf(stderr, "esteira: cannot revoke %s: %s\n", argv[1], es_strerror(r));
+        else
+            printf("revoked %s\n", argv[1]);
         rc = r ? 1 : 0;
     } else {
         fputs(usage, stderr);

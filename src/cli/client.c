@@ -69,8 +69,8 @@ static int show(long status, json_t *body)
         return 0;
     }
     json_t *e = json_object_get(body, "error");
-    fprintf(stderr, "esteira: %ld %s: %s\n", status,
-            e ? es_json_str(e, "code") : "error", e ? es_json_str(e, "message") : "(no details)");
+    fprintf(stderr, "esteira: %ld %s: %s\n", status, e ? es_json_str(e, "code") : "error",
+            e ? es_json_str(e, "message") : "(no details)");
     json_decref(body);
     return 1;
 }
@@ -124,7 +124,9 @@ int cli_jobs(es_config *cfg, int argc, char **argv)
         snprintf(path, sizeof path, "/v1/jobs/%s/%s", argv[1], argv[0]);
         return simple(cfg, "POST", path, NULL);
     }
-    fprintf(stderr, "usage: esteira jobs list [QUERY] | create KIND [PAYLOAD_JSON] | retry ID | cancel ID\n");
+    fprintf(
+        stderr,
+        "usage: esteira jobs list [QUERY] | create KIND [PAYLOAD_JSON] | retry ID | cancel ID\n");
     return 2;
 }
 
@@ -154,12 +156,15 @@ int cli_dlq(es_config *cfg, int argc, char **argv)
                 json_decref(out);
                 break;
             }
-            json_array_foreach(items, i, it) {
+            json_array_foreach(items, i, it)
+            {
                 snprintf(path, sizeof path, "/v1/dlq/%s", es_json_str(it, "id"));
                 long st;
                 json_t *o2;
-                if (cli_http(cfg, "DELETE", path, NULL, &st, &o2) || st != 204) failed++;
-                else n++;
+                if (cli_http(cfg, "DELETE", path, NULL, &st, &o2) || st != 204)
+                    failed++;
+                else
+                    n++;
                 json_decref(o2);
             }
             json_decref(out);

@@ -35,7 +35,8 @@ static const es_conf_entry table[] = {
     /* HTTP server */
     {"host", ES_CONF_STR, F(host), "127.0.0.1", 0, 0, NULL, 0,
      "address the API binds to (other than loopback requires API keys)"},
-    {"port", ES_CONF_INT, F(port), "8080", 0, 65535, NULL, 0, "port of the API (0 = any free port)"},
+    {"port", ES_CONF_INT, F(port), "8080", 0, 65535, NULL, 0,
+     "port of the API (0 = any free port)"},
     {"public_url", ES_CONF_STR, F(public_url), "", 0, 0, NULL, 0,
      "URL clients reach the API at, for signed URLs (default http://HOST:PORT)"},
     {"http_threads", ES_CONF_INT, F(http_threads), "4", 1, 256, NULL, 0, "HTTP worker threads"},
@@ -98,7 +99,8 @@ const es_conf_entry *es_conf_find(const char *name)
 {
     char norm[64];
     size_t i = 0;
-    for (; name[i] && i < sizeof norm - 1; i++) norm[i] = name[i] == '-' ? '_' : name[i];
+    for (; name[i] && i < sizeof norm - 1; i++)
+        norm[i] = name[i] == '-' ? '_' : name[i];
     norm[i] = 0;
     for (size_t k = 0; k < NSETTINGS; k++)
         if (strcmp(table[k].name, norm) == 0) return &table[k];
@@ -108,11 +110,13 @@ const es_conf_entry *es_conf_find(const char *name)
 static void env_name(const es_conf_entry *e, char *out, size_t len)
 {
     size_t o = (size_t)snprintf(out, len, "ESTEIRA_");
-    for (const char *p = e->name; *p && o < len - 1; p++) out[o++] = (char)toupper((unsigned char)*p);
+    for (const char *p = e->name; *p && o < len - 1; p++)
+        out[o++] = (char)toupper((unsigned char)*p);
     out[o] = 0;
 }
 
-static void fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -233,9 +237,11 @@ void es_config_finish(es_config *cfg)
 /* Strips surrounding whitespace and one level of matching quotes, in place. */
 static char *dotenv_value(char *v)
 {
-    while (isspace((unsigned char)*v)) v++;
+    while (isspace((unsigned char)*v))
+        v++;
     size_t n = strlen(v);
-    while (n && isspace((unsigned char)v[n - 1])) v[--n] = 0;
+    while (n && isspace((unsigned char)v[n - 1]))
+        v[--n] = 0;
     if (n >= 2 && (v[0] == '"' || v[0] == '\'') && v[n - 1] == v[0]) {
         v[n - 1] = 0;
         return v + 1;
@@ -244,7 +250,8 @@ static char *dotenv_value(char *v)
     if (hash) {
         *hash = 0;
         n = strlen(v);
-        while (n && isspace((unsigned char)v[n - 1])) v[--n] = 0;
+        while (n && isspace((unsigned char)v[n - 1]))
+            v[--n] = 0;
     }
     return v;
 }
@@ -263,7 +270,8 @@ static int load_dotenv(es_config *cfg, const char *path, bool required, uint64_t
     while (fgets(line, sizeof line, f)) {
         lineno++;
         char *p = line;
-        while (isspace((unsigned char)*p)) p++;
+        while (isspace((unsigned char)*p))
+            p++;
         if (!*p || *p == '#') continue;
         if (strncmp(p, "export ", 7) == 0) p += 7;
         char *eq = strchr(p, '=');
@@ -275,7 +283,8 @@ static int load_dotenv(es_config *cfg, const char *path, bool required, uint64_t
         *eq = 0;
         char *name = p;
         size_t nl = strlen(name);
-        while (nl && isspace((unsigned char)name[nl - 1])) name[--nl] = 0;
+        while (nl && isspace((unsigned char)name[nl - 1]))
+            name[--nl] = 0;
         if (strncmp(name, "ESTEIRA_", 8) != 0) continue; /* other programs' settings */
         char lower[64];
         size_t i = 0;
@@ -342,7 +351,8 @@ int es_config_load(es_config *cfg, int argc, char **argv, char *err, size_t errl
         }
         if (eq) {
             val = eq + 1;
-        } else if (e->type == ES_CONF_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
+        } else if (e->type == ES_CONF_BOOL &&
+                   (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
             val = "true";
         } else if (i + 1 < argc) {
             val = argv[++i];
@@ -360,7 +370,8 @@ int es_config_load(es_config *cfg, int argc, char **argv, char *err, size_t errl
 
     /* defaults that derive from data_dir follow its final value */
     for (size_t i = 0; i < NSETTINGS; i++)
-        if (!(seen & (1ULL << i)) && strstr(table[i].def, "{data_dir}")) set_default(cfg, &table[i]);
+        if (!(seen & (1ULL << i)) && strstr(table[i].def, "{data_dir}"))
+            set_default(cfg, &table[i]);
 
     int lvl = es_log_parse_level(cfg->log_level);
     es_log_set_level(lvl < 0 ? ES_LOG_INFO : lvl);
@@ -386,10 +397,11 @@ void es_config_print_help(FILE *out)
         char env[80], flag[80];
         env_name(e, env, sizeof env);
         size_t k = 0;
-        for (const char *p = e->name; *p && k < sizeof flag - 1; p++) flag[k++] = *p == '_' ? '-' : *p;
+        for (const char *p = e->name; *p && k < sizeof flag - 1; p++)
+            flag[k++] = *p == '_' ? '-' : *p;
         flag[k] = 0;
-        fprintf(out, "  --%s=<%s>  %s\n      %s", flag, e->choices ? e->choices : type_hint(e->type),
-                env, e->help);
+        fprintf(out, "  --%s=<%s>  %s\n      %s", flag,
+                e->choices ? e->choices : type_hint(e->type), env, e->help);
         fprintf(out, " (default: %s)\n", *e->def ? e->def : "none");
     }
 }
@@ -401,10 +413,14 @@ static void mask(const es_conf_entry *e, const char *v, char *out, size_t len)
     const char *scheme = strstr(v, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
     const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
     bool is_url = strstr(e->name, "_url") != NULL;
-    if (colon) snprintf(out, len, "%.*s:***%s", (int)(colon - v), v, at);
-    else if (scheme || (is_url && strchr(v, ':'))) snprintf(out, len, "%s", v);
-    else if (*v) snprintf(out, len, "***");
-    else snprintf(out, len, "%s", "");
+    if (colon)
+        snprintf(out, len, "%.*s:***%s", (int)(colon - v), v, at);
+    else if (scheme || (is_url && strchr(v, ':')))
+        snprintf(out, len, "%s", v);
+    else if (*v)
+        snprintf(out, len, "***");
+    else
+        snprintf(out, len, "%s", "");
 }
 
 void es_config_print(const es_config *cfg, FILE *out)
@@ -417,8 +433,10 @@ void es_config_print(const es_config *cfg, FILE *out)
         if (e->type == ES_CONF_STR) {
             const char *v = *(char *const *)base;
             char m[1024];
-            if (e->flags & ES_CONF_SECRET) mask(e, v ? v : "", m, sizeof m);
-            else snprintf(m, sizeof m, "%s", v ? v : "");
+            if (e->flags & ES_CONF_SECRET)
+                mask(e, v ? v : "", m, sizeof m);
+            else
+                snprintf(m, sizeof m, "%s", v ? v : "");
             fprintf(out, "%s=%s\n", env, m);
         } else if (e->type == ES_CONF_BOOL) {
             fprintf(out, "%s=%s\n", env, *(const int64_t *)base ? "true" : "false");

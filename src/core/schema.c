@@ -15,7 +15,7 @@
 typedef struct migration {
     int version;
     const char *name;
-    const char *sql;        /* both dialects, unless one of the next two is set */
+    const char *sql; /* both dialects, unless one of the next two is set */
     const char *sqlite_sql;
     const char *pg_sql;
 } migration;
@@ -73,7 +73,8 @@ static const migration migrations[] = {
 static int max_version(es_store_conn *c, int64_t *out)
 {
     es_rows *r = NULL;
-    int rc = es_store_exec(c, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0, NULL, &r);
+    int rc =
+        es_store_exec(c, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0, NULL, &r);
     if (rc) return rc;
     *out = es_rows_int(r, 0, 0, 0);
     es_rows_free(r);
@@ -113,8 +114,10 @@ int es_store_migrate(es_store *s, int *applied)
         const char *p[] = {ver, m->name, now};
         if (!rc) rc = es_store_exec_script(c, sql);
         if (!rc)
-            rc = es_store_exec(c, "INSERT INTO schema_migrations (version, name, applied_ms) "
-                                  "VALUES ($1, $2, $3)", 3, p, NULL);
+            rc = es_store_exec(c,
+                               "INSERT INTO schema_migrations (version, name, applied_ms) "
+                               "VALUES ($1, $2, $3)",
+                               3, p, NULL);
         if (rc) {
             es_store_rollback(c);
             es_error("store", "migration %d (%s) failed: %s", m->version, m->name, es_strerror(rc));

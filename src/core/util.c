@@ -120,7 +120,8 @@ int es_time_parse_iso(const char *s, int64_t *ms)
                     n++, p++;
                 }
                 if (n == 0) return ES_EINVAL;
-                for (; n < 3; n++) frac_ms *= 10;
+                for (; n < 3; n++)
+                    frac_ms *= 10;
             }
         }
         if (h > 23 || mi > 59 || sec > 60) return ES_EINVAL;
@@ -172,7 +173,8 @@ void es_uuid7(char out[ES_UUID_LEN + 1])
     unsigned char b[16];
     uint64_t ms = (uint64_t)es_now_ms();
     es_random(b + 6, 10);
-    for (int i = 0; i < 6; i++) b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(ms >> (40 - 8 * i));
     b[6] = (unsigned char)(0x70 | (b[6] & 0x0f)); /* version 7 */
     b[8] = (unsigned char)(0x80 | (b[8] & 0x3f)); /* variant 10 */
     static const char hx[] = "0123456789abcdef";
@@ -220,7 +222,8 @@ int es_buf_reserve(es_buf *b, size_t extra)
     size_t need = b->len + extra + 1; /* room for a NUL */
     if (need <= b->cap) return ES_OK;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
     if (b->max && cap > b->max + 1) cap = b->max + 1;
     if (cap < need) cap = need;
     char *d = realloc(b->data, cap);
@@ -338,9 +341,17 @@ int es_parse_size(const char *s, uint64_t *out)
     static const struct {
         const char *name;
         double mul;
-    } units[] = {{"", 1},           {"b", 1},           {"k", 1024.0},      {"kb", 1024.0},
-                 {"kib", 1024.0},   {"m", 1048576.0},   {"mb", 1048576.0},  {"mib", 1048576.0},
-                 {"g", 1073741824.0}, {"gb", 1073741824.0}, {"gib", 1073741824.0}};
+    } units[] = {{"", 1},
+                 {"b", 1},
+                 {"k", 1024.0},
+                 {"kb", 1024.0},
+                 {"kib", 1024.0},
+                 {"m", 1048576.0},
+                 {"mb", 1048576.0},
+                 {"mib", 1048576.0},
+                 {"g", 1073741824.0},
+                 {"gb", 1073741824.0},
+                 {"gib", 1073741824.0}};
     for (size_t i = 0; i < ES_ARRAY_LEN(units); i++) {
         if (strcasecmp(u, units[i].name) == 0) {
             double r = v * units[i].mul;
@@ -358,11 +369,16 @@ int es_parse_duration_ms(const char *s, int64_t *out)
     const char *u;
     if (parse_number_unit(s, &v, &u)) return ES_EINVAL;
     double mul;
-    if (!*u || strcmp(u, "ms") == 0) mul = 1;
-    else if (strcmp(u, "s") == 0) mul = 1000;
-    else if (strcmp(u, "m") == 0 || strcmp(u, "min") == 0) mul = 60000;
-    else if (strcmp(u, "h") == 0) mul = 3600000;
-    else return ES_EINVAL;
+    if (!*u || strcmp(u, "ms") == 0)
+        mul = 1;
+    else if (strcmp(u, "s") == 0)
+        mul = 1000;
+    else if (strcmp(u, "m") == 0 || strcmp(u, "min") == 0)
+        mul = 60000;
+    else if (strcmp(u, "h") == 0)
+        mul = 3600000;
+    else
+        return ES_EINVAL;
     double r = v * mul;
     if (r > 9.0e15) return ES_EINVAL;
     *out = (int64_t)r;
@@ -414,7 +430,8 @@ bool es_ct_equal(const void *a, const void *b, size_t n)
 {
     const unsigned char *x = a, *y = b;
     unsigned char d = 0;
-    for (size_t i = 0; i < n; i++) d |= x[i] ^ y[i];
+    for (size_t i = 0; i < n; i++)
+        d |= x[i] ^ y[i];
     return d == 0;
 }
 

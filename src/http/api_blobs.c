@@ -14,7 +14,8 @@ static int verify(es_req *r, const char *method, const char *ctype)
 {
     es_app *app = es_req_app(r);
     const char *key = es_req_param(r, "key"), *why = "bad signature";
-    if (!es_blob_key_valid(key)) return es_reply_error(r, 400, "validation_failed", "invalid key", NULL);
+    if (!es_blob_key_valid(key))
+        return es_reply_error(r, 400, "validation_failed", "invalid key", NULL);
     int rc = es_sign_verify(app->secret, es_req_raw_query(r), method, key, ctype,
                             es_now_ms() / 1000, &why);
     if (rc == ES_ETIMEDOUT) return es_reply_error(r, 403, "url_expired", why, NULL);
@@ -61,7 +62,8 @@ int api_blob_put_end(es_req *r)
     es_app *app = es_req_app(r);
     const char *key = es_req_param(r, "key");
     if (es_blob_head(app->blob, key, &info)) info.size = -1;
-    return es_reply_json(r, 201, json_pack("{s:s, s:I}", "key", key, "size", (json_int_t)info.size));
+    return es_reply_json(r, 201,
+                         json_pack("{s:s, s:I}", "key", key, "size", (json_int_t)info.size));
 }
 
 typedef struct get_state {
@@ -106,13 +108,16 @@ int api_blob_get(es_req *r)
     const char *key = es_req_param(r, "key");
     es_blob_info info;
     int rc = es_blob_head(app->blob, key, &info);
-    if (rc) return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such object" : "cannot read the object");
+    if (rc)
+        return es_reply_err(r, rc,
+                            rc == ES_ENOTFOUND ? "no such object" : "cannot read the object");
     get_state *g = calloc(1, sizeof *g);
     if (!g || !(g->key = strdup(key))) {
         free(g);
         return es_reply_err(r, ES_ENOMEM, "out of memory");
     }
     g->blob = app->blob;
-    return es_reply_stream(r, 200, info.content_type[0] ? info.content_type : "application/octet-stream",
+    return es_reply_stream(r, 200,
+                           info.content_type[0] ? info.content_type : "application/octet-stream",
                            info.size, get_read, g, get_free);
 }

@@ -29,10 +29,14 @@ int api_jobs_create(es_req *r)
     const char **kinds;
     int nk = es_engine_kinds(app->engine, &kinds);
     bool known = false;
-    for (int i = 0; kind && i < nk; i++) known = known || strcmp(kinds[i], kind) == 0;
-    if (!json_is_object(body)) json_array_append_new(details, field_problem("", "must be a JSON object"));
-    else if (!kind) json_array_append_new(details, field_problem("kind", "required string"));
-    else if (!known) json_array_append_new(details, field_problem("kind", "unknown job kind"));
+    for (int i = 0; kind && i < nk; i++)
+        known = known || strcmp(kinds[i], kind) == 0;
+    if (!json_is_object(body))
+        json_array_append_new(details, field_problem("", "must be a JSON object"));
+    else if (!kind)
+        json_array_append_new(details, field_problem("kind", "required string"));
+    else if (!known)
+        json_array_append_new(details, field_problem("kind", "unknown job kind"));
     json_t *payload = json_object_get(body, "payload");
     if (payload && !json_is_object(payload))
         json_array_append_new(details, field_problem("payload", "must be an object"));
@@ -66,7 +70,8 @@ int api_jobs_create(es_req *r)
     int rc = es_job_submit(app->engine, &req, &j, &existed);
     free(payload_s);
     json_decref(body);
-    if (rc == ES_EAGAIN) return es_reply_err(r, rc, "the broker did not accept the job; retry later");
+    if (rc == ES_EAGAIN)
+        return es_reply_err(r, rc, "the broker did not accept the job; retry later");
     if (rc) return es_reply_err(r, rc, "could not create the job");
     if (existed) es_reply_header(r, "Idempotent-Replayed", "true");
     rc = es_reply_json(r, existed ? 200 : 201, es_job_json(&j));
@@ -88,9 +93,10 @@ static int list(es_req *r, int forced_status)
     if (forced_status < 0 && st) {
         f.status = es_job_status_parse(st);
         if (f.status < 0)
-            return es_reply_error(r, 400, "validation_failed", "unknown status",
-                                  json_pack("[{s:s, s:s}]", "field", "status", "problem",
-                                            "one of queued, processing, done, error, dead, canceled"));
+            return es_reply_error(
+                r, 400, "validation_failed", "unknown status",
+                json_pack("[{s:s, s:s}]", "field", "status", "problem",
+                          "one of queued, processing, done, error, dead, canceled"));
     }
     json_t *items = NULL;
     char *next = NULL;
@@ -100,7 +106,8 @@ static int list(es_req *r, int forced_status)
                               json_pack("[{s:s, s:s}]", "field", "cursor", "problem",
                                         "not a cursor from a previous page"));
     if (rc) return es_reply_err(r, rc, "could not list jobs");
-    json_t *o = json_pack("{s:o, s:o}", "items", items, "nextCursor", next ? json_string(next) : json_null());
+    json_t *o = json_pack("{s:o, s:o}", "items", items, "nextCursor",
+                          next ? json_string(next) : json_null());
     free(next);
     return es_reply_json(r, 200, o);
 }
@@ -120,7 +127,8 @@ int api_jobs_get(es_req *r)
     es_app *app = es_req_app(r);
     es_job j;
     int rc = es_job_get(app->engine, es_req_tenant(r), es_req_param(r, "id"), &j);
-    if (rc) return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such job" : "could not read the job");
+    if (rc)
+        return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such job" : "could not read the job");
     rc = es_reply_json(r, 200, job_with_history(app, &j));
     es_job_finish(&j);
     return rc;
@@ -134,7 +142,8 @@ static int act(es_req *r, int (*fn)(es_engine *, const char *, const char *), un
     const char *id = es_req_param(r, "id");
     int rc = fn(app->engine, es_req_tenant(r), id);
     if (rc == ES_ECONFLICT) return es_reply_error(r, 409, "conflict", conflict, NULL);
-    if (rc) return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such job" : "could not change the job");
+    if (rc)
+        return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such job" : "could not change the job");
     es_job j;
     if ((rc = es_job_get(app->engine, es_req_tenant(r), id, &j)))
         return es_reply_err(r, rc, "could not read the job");
@@ -150,7 +159,8 @@ int api_jobs_retry(es_req *r)
 
 int api_jobs_cancel(es_req *r)
 {
-    return act(r, es_job_cancel, 200, "only a queued job or one waiting for a retry can be canceled");
+    return act(r, es_job_cancel, 200,
+               "only a queued job or one waiting for a retry can be canceled");
 }
 
 int api_dlq_retry(es_req *r)
@@ -170,6 +180,7 @@ int api_dlq_delete(es_req *r)
     es_app *app = es_req_app(r);
     int rc = es_job_delete_dead(app->engine, es_req_tenant(r), es_req_param(r, "id"));
     if (rc == ES_ECONFLICT) return es_reply_error(r, 409, "conflict", "the job is not dead", NULL);
-    if (rc) return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such dead job" : "could not delete");
+    if (rc)
+        return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such dead job" : "could not delete");
     return es_reply_data(r, 204, "application/json", "", 0);
 }

@@ -32,8 +32,9 @@ int api_readyz(es_req *r)
         ok = ok && checks[i].rc == ES_OK;
     }
     if (!ok) es_reply_header(r, "Retry-After", "1");
-    return es_reply_json(r, ok ? 200 : 503,
-                         json_pack("{s:s, s:o}", "status", ok ? "ready" : "unavailable", "checks", c));
+    return es_reply_json(
+        r, ok ? 200 : 503,
+        json_pack("{s:s, s:o}", "status", ok ? "ready" : "unavailable", "checks", c));
 }
 
 /* Gauges that are read at scrape time: jobs by kind and status, queue depths. */
@@ -42,15 +43,18 @@ static void refresh_gauges(es_app *app)
     static const double none[] = {0};
     es_metric_define("esteira_jobs", ES_METRIC_GAUGE, "Jobs by kind and status", none, 0);
     es_metric_define("esteira_queue_messages", ES_METRIC_GAUGE,
-                     "Broker messages by queue and state (ready includes delayed retries)", none, 0);
+                     "Broker messages by queue and state (ready includes delayed retries)", none,
+                     0);
     json_t *counts = NULL;
     if (es_job_counts(app->engine, &counts) == ES_OK) {
         const char *kind;
         json_t *by;
-        json_object_foreach(counts, kind, by) {
+        json_object_foreach(counts, kind, by)
+        {
             const char *st;
             json_t *n;
-            json_object_foreach(by, st, n) {
+            json_object_foreach(by, st, n)
+            {
                 char labels[160];
                 snprintf(labels, sizeof labels, "kind=\"%s\",status=\"%s\"", kind, st);
                 es_metric_set("esteira_jobs", labels, (double)json_integer_value(n));
@@ -102,9 +106,9 @@ static json_t *path_params(const char *pattern, char *oapath, size_t len)
             if (n && p[n] == '*') n--;
             char name[64];
             snprintf(name, sizeof name, "%.*s", (int)n, p + 1);
-            json_array_append_new(params, json_pack("{s:s, s:s, s:b, s:{s:s}}", "name", name, "in",
-                                                    "path", "required", 1, "schema", "type",
-                                                    "string"));
+            json_array_append_new(params,
+                                  json_pack("{s:s, s:s, s:b, s:{s:s}}", "name", name, "in", "path",
+                                            "required", 1, "schema", "type", "string"));
             o += (size_t)snprintf(oapath + o, len - o, "{%s}", name);
             p = end;
         } else {
@@ -140,12 +144,12 @@ int api_openapi(es_req *r)
         }
         json_object_set_new(item, method, op);
     }
-    json_t *doc = json_pack(
-        "{s:s, s:{s:s, s:s, s:s}, s:o, s:{s:{s:{s:s, s:s}}}, s:[{s:[]}]}", "openapi", "3.0.3", "info",
-        "title", "esteira", "version", "0.1.0", "description",
-        "Moves large CSV files and event streams into a database and object storage, "
-        "asynchronously, without losing or duplicating a row.",
-        "paths", paths, "components", "securitySchemes", "bearer", "type", "http", "scheme",
-        "bearer", "security", "bearer");
+    json_t *doc =
+        json_pack("{s:s, s:{s:s, s:s, s:s}, s:o, s:{s:{s:{s:s, s:s}}}, s:[{s:[]}]}", "openapi",
+                  "3.0.3", "info", "title", "esteira", "version", "0.1.0", "description",
+                  "Moves large CSV files and event streams into a database and object storage, "
+                  "asynchronously, without losing or duplicating a row.",
+                  "paths", paths, "components", "securitySchemes", "bearer", "type", "http",
+                  "scheme", "bearer", "security", "bearer");
     return es_reply_json(r, 200, doc);
 }

@@ -61,8 +61,8 @@ void es_scopes_format(unsigned scopes, char *out, size_t len)
     }
 }
 
-int es_keys_create(es_store *s, const char *tenant, unsigned scopes, const char *name,
-                   char **token, char key_id[40])
+int es_keys_create(es_store *s, const char *tenant, unsigned scopes, const char *name, char **token,
+                   char key_id[40])
 {
     if (!tenant || !*tenant || strlen(tenant) > 64 || !es_ident_valid(tenant)) return ES_EINVAL;
     unsigned char idb[8], sec[32];
@@ -75,10 +75,11 @@ int es_keys_create(es_store *s, const char *tenant, unsigned scopes, const char 
     snprintf(scopes_s, sizeof scopes_s, "%u", scopes);
     snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
     const char *p[] = {id, tenant, name ? name : "", hash, scopes_s, now};
-    int rc = es_store_exec1(s,
-                            "INSERT INTO api_keys (id, tenant, name, secret_hash, scopes, created_ms)"
-                            " VALUES ($1, $2, $3, $4, $5, $6)",
-                            6, p, NULL);
+    int rc =
+        es_store_exec1(s,
+                       "INSERT INTO api_keys (id, tenant, name, secret_hash, scopes, created_ms)"
+                       " VALUES ($1, $2, $3, $4, $5, $6)",
+                       6, p, NULL);
     if (rc) return rc;
     size_t tl = 3 + 16 + 1 + strlen(secret) + 1;
     *token = malloc(tl);
@@ -101,8 +102,8 @@ int es_keys_list(es_store *s, json_t **out)
         char sc[64], ts[25];
         es_scopes_format((unsigned)es_rows_int(r, i, 3, 0), sc, sizeof sc);
         json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", es_rows_get(r, i, 0), "tenant",
-                              es_rows_get(r, i, 1), "name", es_rows_get(r, i, 2) ? es_rows_get(r, i, 2) : "",
-                              "scopes", sc);
+                              es_rows_get(r, i, 1), "name",
+                              es_rows_get(r, i, 2) ? es_rows_get(r, i, 2) : "", "scopes", sc);
         es_time_iso(es_rows_int(r, i, 4, 0), ts);
         json_object_set_new(o, "createdAt", json_string(ts));
         if (es_rows_get(r, i, 5)) {
@@ -126,8 +127,8 @@ int es_keys_revoke(es_store *s, const char *key_id)
     snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
     const char *p[] = {now, key_id};
     es_rows *r = NULL;
-    int rc = es_store_exec1(s, "UPDATE api_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL",
-                            2, p, &r);
+    int rc = es_store_exec1(
+        s, "UPDATE api_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL", 2, p, &r);
     if (rc) return rc;
     int64_t n = es_rows_affected(r);
     es_rows_free(r);
@@ -137,7 +138,8 @@ int es_keys_revoke(es_store *s, const char *key_id)
 int es_keys_count(es_store *s, int64_t *n)
 {
     es_rows *r = NULL;
-    int rc = es_store_exec1(s, "SELECT COUNT(*) FROM api_keys WHERE revoked_ms IS NULL", 0, NULL, &r);
+    int rc =
+        es_store_exec1(s, "SELECT COUNT(*) FROM api_keys WHERE revoked_ms IS NULL", 0, NULL, &r);
     if (rc) return rc;
     *n = es_rows_int(r, 0, 0, 0);
     es_rows_free(r);
@@ -156,7 +158,8 @@ int es_auth_check(es_store *s, const char *authorization, bool open_mode, es_pri
     }
     if (strncasecmp(authorization, "Bearer ", 7) != 0) return ES_EAUTH;
     const char *tok = authorization + 7;
-    while (*tok == ' ') tok++;
+    while (*tok == ' ')
+        tok++;
     /* es_<16 hex>_<secret> */
     if (strncmp(tok, "es_", 3) != 0 || strlen(tok) < 3 + 16 + 2 || tok[19] != '_') return ES_EAUTH;
     char id[17];
@@ -170,8 +173,9 @@ int es_auth_check(es_store *s, const char *authorization, bool open_mode, es_pri
     es_sha256_hex(secret, strlen(secret), hash);
     const char *p[] = {id};
     es_rows *r = NULL;
-    int rc = es_store_exec1(s, "SELECT tenant, secret_hash, scopes FROM api_keys"
-                               " WHERE id = $1 AND revoked_ms IS NULL",
+    int rc = es_store_exec1(s,
+                            "SELECT tenant, secret_hash, scopes FROM api_keys"
+                            " WHERE id = $1 AND revoked_ms IS NULL",
                             1, p, &r);
     if (rc) return rc;
     rc = ES_EAUTH;

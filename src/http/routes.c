@@ -3,9 +3,9 @@
 #include "esteira/app.h"
 #include "http/api.h"
 
-#define PUB     ES_SCOPE_PUBLIC
-#define READ    (ES_SCOPE_READ | ES_SCOPE_ADMIN)
-#define ADMIN   ES_SCOPE_ADMIN
+#define PUB   ES_SCOPE_PUBLIC
+#define READ  (ES_SCOPE_READ | ES_SCOPE_ADMIN)
+#define ADMIN ES_SCOPE_ADMIN
 
 static const es_route routes[] = {
     /* operations */
@@ -25,8 +25,7 @@ static const es_route routes[] = {
      "Cancel a queued or failed job"},
     {"GET", "/v1/dlq", READ, api_dlq_list, NULL, NULL, NULL,
      "Dead-lettered jobs (?kind=&limit=&cursor=)"},
-    {"POST", "/v1/dlq/{id}/retry", ADMIN, api_dlq_retry, NULL, NULL, NULL,
-     "Re-drive a dead job"},
+    {"POST", "/v1/dlq/{id}/retry", ADMIN, api_dlq_retry, NULL, NULL, NULL, "Re-drive a dead job"},
     {"DELETE", "/v1/dlq/{id}", ADMIN, api_dlq_delete, NULL, NULL, NULL, "Discard a dead job"},
     /* signed URLs of the file: blob backend */
     {"PUT", "/v1/blobs/{key*}", PUB, api_blob_put_end, api_blob_put_start, api_blob_put_chunk,

@@ -31,7 +31,7 @@
 #define REPUBLISH_EVERY_MS 2000
 #define REPUBLISH_BATCH    500
 #define POLL_MS            250
-#define MARK_BATCH         256  /* ids per "published = 1" statement */
+#define MARK_BATCH         256 /* ids per "published = 1" statement */
 #define MARK_PENDING_MAX   65536
 
 #define JOB_COLS                                                                                   \
@@ -177,7 +177,8 @@ json_t *es_job_json(const es_job *j)
     json_object_set_new(o, "errorType", j->error_type ? json_string(j->error_type) : json_null());
     json_object_set_new(o, "errorMessage",
                         j->error_message ? json_string(j->error_message) : json_null());
-    if (j->idempotency_key) json_object_set_new(o, "idempotencyKey", json_string(j->idempotency_key));
+    if (j->idempotency_key)
+        json_object_set_new(o, "idempotencyKey", json_string(j->idempotency_key));
     json_object_set_new(o, "createdAt", iso(j->created_ms));
     json_object_set_new(o, "updatedAt", iso(j->updated_ms));
     json_object_set_new(o, "runAfter", j->run_after_ms ? iso(j->run_after_ms) : json_null());
@@ -188,7 +189,8 @@ int64_t es_backoff_ms(int64_t base_ms, int64_t cap_ms, int attempt, double r)
 {
     if (attempt < 1) attempt = 1;
     int64_t d = base_ms;
-    for (int i = 1; i < attempt && d < cap_ms; i++) d *= 2;
+    for (int i = 1; i < attempt && d < cap_ms; i++)
+        d *= 2;
     if (d > cap_ms) d = cap_ms;
     /* "equal jitter": half fixed, half random, so delays visibly grow and
      * failed jobs of one burst still spread out */
@@ -204,7 +206,12 @@ static int add_event(es_store_conn *c, const char *id, const char *status, int a
                      const char *etype, const char *emsg, int64_t delay_ms, int64_t now)
 {
     char at[24], att[16], dl[24];
-    const char *p[] = {id, I64(at, now), status, I64(att, attempt), etype, emsg,
+    const char *p[] = {id,
+                       I64(at, now),
+                       status,
+                       I64(att, attempt),
+                       etype,
+                       emsg,
                        delay_ms >= 0 ? I64(dl, delay_ms) : NULL};
     return es_store_exec(c,
                          "INSERT INTO job_events (job_id, at_ms, status, attempt, error_type,"
@@ -217,7 +224,8 @@ static int publish_job(es_engine *e, const char *kind, const char *id, int attem
 {
     char queue[ES_KIND_MAX + 8], enq[24];
     snprintf(queue, sizeof queue, "jobs.%s", kind);
-    es_kv h[3] = {{"jobId", (char *)id}, {"enqueuedMs", I64(enq, es_now_ms())},
+    es_kv h[3] = {{"jobId", (char *)id},
+                  {"enqueuedMs", I64(enq, es_now_ms())},
                   {"traceId", (char *)(trace_id ? trace_id : "")}};
     es_msg m = {.queue = queue,
                 .body = id,
@@ -294,11 +302,14 @@ static int apply_overrides(const char *spec, kind_rt *k, bool check_only, char *
             if (eq) {
                 *eq = 0;
                 const char *val = eq + 1;
-                if (!strcmp(kv, "concurrency")) bad = es_parse_i64(val, 0, 1024, &v) != ES_OK;
-                else if (!strcmp(kv, "attempts")) bad = es_parse_i64(val, 1, 100, &v) != ES_OK;
+                if (!strcmp(kv, "concurrency"))
+                    bad = es_parse_i64(val, 0, 1024, &v) != ES_OK;
+                else if (!strcmp(kv, "attempts"))
+                    bad = es_parse_i64(val, 1, 100, &v) != ES_OK;
                 else if (!strcmp(kv, "base") || !strcmp(kv, "cap"))
                     bad = es_parse_duration_ms(val, &v) != ES_OK || v < 1;
-                else bad = 1;
+                else
+                    bad = 1;
             }
             if (bad) {
                 snprintf(err, errlen, "job_kinds: bad setting '%s' for kind '%s'", kv, sec);
@@ -306,10 +317,14 @@ static int apply_overrides(const char *spec, kind_rt *k, bool check_only, char *
                 break;
             }
             if (!mine || check_only) continue;
-            if (!strcmp(kv, "concurrency")) k->concurrency = (int)v;
-            else if (!strcmp(kv, "attempts")) k->max_attempts = (int)v;
-            else if (!strcmp(kv, "base")) k->base_ms = v;
-            else k->cap_ms = v;
+            if (!strcmp(kv, "concurrency"))
+                k->concurrency = (int)v;
+            else if (!strcmp(kv, "attempts"))
+                k->max_attempts = (int)v;
+            else if (!strcmp(kv, "base"))
+                k->base_ms = v;
+            else
+                k->cap_ms = v;
         }
     }
     free(copy);
@@ -337,8 +352,8 @@ int es_engine_create(const es_config *cfg, es_store *store, es_broker *broker, e
         free(e);
         return ES_ENOMEM;
     }
-    static const double wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10, 60};
+    static const double wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                          0.25,   0.5,   1,      2.5,   5,    10,    60};
     es_metric_define("esteira_jobs_total", ES_METRIC_COUNTER, "Job status transitions", NULL, 0);
     es_metric_define("esteira_job_wait_seconds", ES_METRIC_HISTOGRAM,
                      "Time from enqueue to the start of a job's first attempt", wait_buckets,
@@ -388,9 +403,9 @@ static int get_by_idem(es_engine *e, const char *tenant, const char *key, es_job
 {
     const char *p[] = {tenant, key};
     es_rows *r = NULL;
-    int rc = es_store_exec1(e->store,
-                            "SELECT " JOB_COLS " FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
-                            2, p, &r);
+    int rc = es_store_exec1(
+        e->store, "SELECT " JOB_COLS " FROM jobs WHERE tenant = $1 AND idempotency_key = $2", 2, p,
+        &r);
     if (rc) return rc;
     rc = es_rows_count(r) == 1 ? ES_OK : ES_ENOTFOUND;
     if (!rc) row_to_job(r, 0, out);
@@ -408,8 +423,10 @@ int es_job_submit(es_engine *e, const es_job_req *req, es_job *out, bool *existe
         es_job prior;
         if (get_by_idem(e, req->tenant, req->idempotency_key, &prior) == ES_OK) {
             if (existed) *existed = true;
-            if (out) *out = prior;
-            else es_job_finish(&prior);
+            if (out)
+                *out = prior;
+            else
+                es_job_finish(&prior);
             return ES_OK;
         }
     }
@@ -417,18 +434,25 @@ int es_job_submit(es_engine *e, const es_job_req *req, es_job *out, bool *existe
     es_uuid7(id);
     int64_t now = es_now_ms();
     int max_attempts = req->max_attempts > 0 ? req->max_attempts : k->max_attempts;
-    const char *p[] = {id, req->tenant, k->name, I64(max_s, max_attempts), payload,
-                       req->idempotency_key, req->trace_id,
-                       req->delay_ms > 0 ? I64(ra, now + req->delay_ms) : NULL, I64(now_s, now)};
+    const char *p[] = {id,
+                       req->tenant,
+                       k->name,
+                       I64(max_s, max_attempts),
+                       payload,
+                       req->idempotency_key,
+                       req->trace_id,
+                       req->delay_ms > 0 ? I64(ra, now + req->delay_ms) : NULL,
+                       I64(now_s, now)};
     es_store_conn *c = NULL;
     int rc = es_store_acquire(e->store, &c);
     if (rc) return rc;
     if ((rc = es_store_begin(c))) goto release;
-    rc = es_store_exec(c,
-                       "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts, payload,"
-                       " idempotency_key, trace_id, run_after, published, created_ms, updated_ms)"
-                       " VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, 0, $9, $9)",
-                       9, p, NULL);
+    rc =
+        es_store_exec(c,
+                      "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts, payload,"
+                      " idempotency_key, trace_id, run_after, published, created_ms, updated_ms)"
+                      " VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, 0, $9, $9)",
+                      9, p, NULL);
     if (!rc) rc = add_event(c, id, "queued", 0, NULL, NULL, -1, now);
     if (rc) {
         es_store_rollback(c);
@@ -439,8 +463,10 @@ int es_job_submit(es_engine *e, const es_job_req *req, es_job *out, bool *existe
             rc = get_by_idem(e, req->tenant, req->idempotency_key, &prior);
             if (!rc) {
                 if (existed) *existed = true;
-                if (out) *out = prior;
-                else es_job_finish(&prior);
+                if (out)
+                    *out = prior;
+                else
+                    es_job_finish(&prior);
             }
         }
         return rc;
@@ -513,10 +539,12 @@ int es_job_history(es_engine *e, const char *id, json_t **out)
         json_object_set_new(o, "at", iso(es_rows_int(r, i, 0, 0)));
         json_object_set_new(o, "status", json_string(es_rows_get(r, i, 1)));
         json_object_set_new(o, "attempt", json_integer(es_rows_int(r, i, 2, 0)));
-        if (es_rows_get(r, i, 3)) json_object_set_new(o, "errorType", json_string(es_rows_get(r, i, 3)));
+        if (es_rows_get(r, i, 3))
+            json_object_set_new(o, "errorType", json_string(es_rows_get(r, i, 3)));
         if (es_rows_get(r, i, 4))
             json_object_set_new(o, "errorMessage", json_string(es_rows_get(r, i, 4)));
-        if (es_rows_get(r, i, 5)) json_object_set_new(o, "delayMs", json_integer(es_rows_int(r, i, 5, 0)));
+        if (es_rows_get(r, i, 5))
+            json_object_set_new(o, "delayMs", json_integer(es_rows_int(r, i, 5, 0)));
         json_array_append_new(a, o);
     }
     es_rows_free(r);
@@ -568,8 +596,8 @@ int es_job_list(es_engine *e, const es_job_filter *f, json_t **items, char **nex
 int es_job_counts(es_engine *e, json_t **out)
 {
     es_rows *r = NULL;
-    int rc = es_store_exec1(e->store, "SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status",
-                            0, NULL, &r);
+    int rc = es_store_exec1(
+        e->store, "SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status", 0, NULL, &r);
     if (rc) return rc;
     json_t *o = json_object();
     for (int i = 0; i < es_rows_count(r); i++) {
@@ -638,12 +666,13 @@ int es_job_cancel(es_engine *e, const char *tenant, const char *id)
     int rc = es_store_acquire(e->store, &c);
     if (rc) return rc;
     if ((rc = es_store_begin(c))) goto release;
-    rc = es_store_exec(c,
-                       tenant ? "UPDATE jobs SET status = 'canceled', updated_ms = $2 WHERE id = $1"
-                                " AND status IN ('queued', 'error') AND tenant = $3 RETURNING kind, attempts"
-                              : "UPDATE jobs SET status = 'canceled', updated_ms = $2 WHERE id = $1"
-                                " AND status IN ('queued', 'error') RETURNING kind, attempts",
-                       tenant ? 3 : 2, p, &r);
+    rc = es_store_exec(
+        c,
+        tenant ? "UPDATE jobs SET status = 'canceled', updated_ms = $2 WHERE id = $1"
+                 " AND status IN ('queued', 'error') AND tenant = $3 RETURNING kind, attempts"
+               : "UPDATE jobs SET status = 'canceled', updated_ms = $2 WHERE id = $1"
+                 " AND status IN ('queued', 'error') RETURNING kind, attempts",
+        tenant ? 3 : 2, p, &r);
     if (!rc && es_rows_count(r) == 1)
         rc = add_event(c, id, "canceled", (int)es_rows_int(r, 0, 1, 0), NULL, NULL, -1, now);
     if (rc) {
@@ -677,7 +706,8 @@ int es_job_delete_dead(es_engine *e, const char *tenant, const char *id)
     if ((rc = es_store_acquire(e->store, &c))) return rc;
     if (!(rc = es_store_begin(c))) {
         rc = es_store_exec(c, "DELETE FROM job_events WHERE job_id = $1", 1, p, NULL);
-        if (!rc) rc = es_store_exec(c, "DELETE FROM jobs WHERE id = $1 AND status = 'dead'", 1, p, NULL);
+        if (!rc)
+            rc = es_store_exec(c, "DELETE FROM jobs WHERE id = $1 AND status = 'dead'", 1, p, NULL);
         rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
     }
     es_store_release(c);
@@ -781,8 +811,10 @@ static int record_done(es_job_ctx *ctx)
     if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT;
     es_rows_free(r);
     if (!rc) rc = add_event(c, ctx->job.id, "done", ctx->job.attempts, NULL, NULL, -1, now);
-    if (!rc) rc = es_store_commit(c);
-    else es_store_rollback(c);
+    if (!rc)
+        rc = es_store_commit(c);
+    else
+        es_store_rollback(c);
     if (rc && rc != ES_ECONFLICT) es_store_conn_broken(c);
     if (own) es_store_release(c);
     return rc;
@@ -799,18 +831,25 @@ static int record_failure(es_job_ctx *ctx, bool dead, int64_t delay_ms)
     char now_s[24], att[16], ra[24];
     int64_t now = es_now_ms();
     const char *status = dead ? "dead" : "error";
-    const char *p[] = {ctx->job.id, status, ctx->error_type, ctx->error_message, I64(now_s, now),
-                       I64(att, ctx->job.attempts), dead ? NULL : I64(ra, now + delay_ms)};
+    const char *p[] = {ctx->job.id,
+                       status,
+                       ctx->error_type,
+                       ctx->error_message,
+                       I64(now_s, now),
+                       I64(att, ctx->job.attempts),
+                       dead ? NULL : I64(ra, now + delay_ms)};
     int rc = es_store_exec(c,
                            "UPDATE jobs SET status = $2, error_type = $3, error_message = $4,"
                            " lease_until = NULL, updated_ms = $5, run_after = $7"
                            " WHERE id = $1 AND status = 'processing' AND attempts = $6",
                            7, p, NULL);
     if (!rc)
-        rc = add_event(c, ctx->job.id, status, ctx->job.attempts, ctx->error_type, ctx->error_message,
-                       dead ? -1 : delay_ms, now);
-    if (!rc) rc = es_store_commit(c);
-    else es_store_rollback(c);
+        rc = add_event(c, ctx->job.id, status, ctx->job.attempts, ctx->error_type,
+                       ctx->error_message, dead ? -1 : delay_ms, now);
+    if (!rc)
+        rc = es_store_commit(c);
+    else
+        es_store_rollback(c);
     if (rc) es_store_conn_broken(c);
     if (own) es_store_release(c);
     return rc;
@@ -1072,7 +1111,8 @@ int es_engine_start_republisher(es_engine *e)
 int es_engine_start(es_engine *e)
 {
     int total = 0;
-    for (int i = 0; i < e->nkinds; i++) total += e->kinds[i].concurrency;
+    for (int i = 0; i < e->nkinds; i++)
+        total += e->kinds[i].concurrency;
     e->threads = calloc((size_t)total + 1, sizeof *e->threads);
     if (!e->threads) return ES_ENOMEM;
     atomic_store(&e->stopping, false);
@@ -1121,10 +1161,12 @@ void es_engine_stop(es_engine *e, int64_t timeout_ms)
          * delivers them again after this process exits */
         es_warn("jobs", "%d jobs still running after %lld ms; leaving them to be run again", left,
                 (long long)timeout_ms);
-        for (int i = 0; i < e->nthreads; i++) pthread_detach(e->threads[i]);
+        for (int i = 0; i < e->nthreads; i++)
+            pthread_detach(e->threads[i]);
         e->nthreads = 0;
     } else {
-        for (int i = 0; i < e->nthreads; i++) pthread_join(e->threads[i], NULL);
+        for (int i = 0; i < e->nthreads; i++)
+            pthread_join(e->threads[i], NULL);
         e->nthreads = 0;
     }
     e->started = false;
@@ -1134,7 +1176,8 @@ void es_engine_destroy(es_engine *e)
 {
     if (!e) return;
     es_engine_stop(e, e->cfg->shutdown_timeout_ms);
-    if (atomic_load(&e->alive) > 0) return; /* detached workers still use it; the process is ending */
+    if (atomic_load(&e->alive) > 0)
+        return; /* detached workers still use it; the process is ending */
     flush_published(e);
     free(e->pending);
     free(e->threads);

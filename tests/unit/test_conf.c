@@ -10,7 +10,10 @@ static void clear_env(void)
     const es_conf_entry *t = es_conf_table(&n);
     for (size_t i = 0; i < n; i++) {
         char name[80] = "ESTEIRA_";
-        for (size_t k = 0; t[i].name[k]; k++) name[8 + k] = (char)(t[i].name[k] - (t[i].name[k] >= 'a' && t[i].name[k] <= 'z' ? 32 : 0)), name[9 + k] = 0;
+        for (size_t k = 0; t[i].name[k]; k++)
+            name[8 + k] =
+                (char)(t[i].name[k] - (t[i].name[k] >= 'a' && t[i].name[k] <= 'z' ? 32 : 0)),
+                     name[9 + k] = 0;
         unsetenv(name);
     }
     unsetenv("ESTEIRA_ENV_FILE");
@@ -51,8 +54,8 @@ static void test_precedence(void **state)
     es_config c;
     char err[256];
     assert_int_equal(es_config_load(&c, 3, argv, err, sizeof err), ES_OK);
-    assert_int_equal(c.port, 7000);          /* .env */
-    assert_int_equal(c.http_threads, 9);     /* flag beats environment */
+    assert_int_equal(c.port, 7000);      /* .env */
+    assert_int_equal(c.http_threads, 9); /* flag beats environment */
     assert_int_equal(c.max_body, 2 << 20);
     /* defaults derived from data_dir follow it */
     assert_string_equal(c.database_url, "sqlite:/srv/data/esteira.db");
@@ -116,7 +119,8 @@ static void test_print_masks_secrets(void **state)
     clear_env();
     es_config c;
     char err[256];
-    char *argv[] = {"--database-url=postgres://app:hunter2@db/app", "--secret=s3cr3t", "--token=es_x_y"};
+    char *argv[] = {"--database-url=postgres://app:hunter2@db/app", "--secret=s3cr3t",
+                    "--token=es_x_y"};
     assert_int_equal(es_config_load(&c, 3, argv, err, sizeof err), ES_OK);
     char *out = NULL;
     size_t len = 0;

@@ -50,7 +50,8 @@ static int teardown(void **state)
 
 static es_job submit(fixture *f, const char *tenant, const char *payload, const char *idem)
 {
-    es_job_req req = {.kind = "noop", .tenant = tenant, .payload = payload, .idempotency_key = idem};
+    es_job_req req = {
+        .kind = "noop", .tenant = tenant, .payload = payload, .idempotency_key = idem};
     es_job j;
     assert_int_equal(es_job_submit(f->app->engine, &req, &j, NULL), ES_OK);
     return j;
@@ -98,7 +99,8 @@ static void test_done_exactly_once(void **state)
 
     /* a stale duplicate of its message changes nothing */
     es_kv hd[] = {{"jobId", j.id}};
-    es_msg m = {.queue = "jobs.noop", .body = j.id, .len = strlen(j.id), .headers = hd, .nheaders = 1};
+    es_msg m = {
+        .queue = "jobs.noop", .body = j.id, .len = strlen(j.id), .headers = hd, .nheaders = 1};
     assert_int_equal(es_broker_publish(f->app->broker, &m, 1), ES_OK);
     es_sleep_ms(300);
     es_job after;
@@ -120,9 +122,11 @@ static void test_many_jobs_each_once(void **state)
         es_strlcpy(ids[i], j.id, sizeof ids[i]);
         es_job_finish(&j);
     }
-    for (int i = 0; i < N; i++) assert_int_equal(wait_for(f, ids[i], ES_JOB_DONE, 20000), ES_JOB_DONE);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(wait_for(f, ids[i], ES_JOB_DONE, 20000), ES_JOB_DONE);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM noop_effects", NULL), N);
-    assert_int_equal(count(f, "SELECT COUNT(*) FROM jobs WHERE status = 'done' AND attempts = 1", NULL), N);
+    assert_int_equal(
+        count(f, "SELECT COUNT(*) FROM jobs WHERE status = 'done' AND attempts = 1", NULL), N);
 }
 
 static void test_retries_then_dead_then_redriven(void **state)
@@ -144,8 +148,8 @@ static void test_retries_then_dead_then_redriven(void **state)
     assert_int_equal(json_array_size(h), 7);
     int64_t d1 = es_json_int(json_array_get(h, 2), "delayMs", -1);
     int64_t d2 = es_json_int(json_array_get(h, 4), "delayMs", -1);
-    assert_true(d1 >= 20 && d1 <= 40);  /* base 40: [20, 40] */
-    assert_true(d2 >= 40 && d2 <= 80);  /* 80: [40, 80] */
+    assert_true(d1 >= 20 && d1 <= 40); /* base 40: [20, 40] */
+    assert_true(d2 >= 40 && d2 <= 80); /* 80: [40, 80] */
     assert_string_equal(es_json_str(json_array_get(h, 6), "status"), "dead");
     json_decref(h);
     int64_t ready = -1, unacked = -1;
@@ -162,7 +166,9 @@ static void test_retries_then_dead_then_redriven(void **state)
     free(next);
     assert_int_equal(es_job_retry(f->app->engine, "t1", dead.id), ES_OK);
     assert_int_equal(wait_for(f, dead.id, ES_JOB_DEAD, 5000), ES_JOB_DEAD);
-    assert_int_equal(count(f, "SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND status = 'dead'", dead.id), 2);
+    assert_int_equal(
+        count(f, "SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND status = 'dead'", dead.id),
+        2);
     assert_int_equal(es_job_delete_dead(f->app->engine, "t1", dead.id), ES_OK);
     assert_int_equal(es_job_get(f->app->engine, NULL, dead.id, &d), ES_ENOTFOUND);
     es_job_finish(&dead);
@@ -187,7 +193,8 @@ static void test_backoff(void **state)
     (void)state;
     for (int a = 1; a <= 20; a++) {
         int64_t d = 1000;
-        for (int i = 1; i < a && d < 300000; i++) d *= 2;
+        for (int i = 1; i < a && d < 300000; i++)
+            d *= 2;
         if (d > 300000) d = 300000;
         assert_int_equal(es_backoff_ms(1000, 300000, a, 0.0), d / 2);
         assert_true(es_backoff_ms(1000, 300000, a, 0.999999) <= d);
@@ -211,7 +218,8 @@ static void test_idempotency(void **state)
     assert_int_equal(es_job_submit(f->app->engine, &req, &c, &existed), ES_OK);
     assert_false(existed);
     assert_string_not_equal(a.id, c.id);
-    assert_int_equal(count(f, "SELECT COUNT(*) FROM jobs WHERE idempotency_key = $1", "order-42"), 2);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM jobs WHERE idempotency_key = $1", "order-42"),
+                     2);
     es_job_finish(&a);
     es_job_finish(&b);
     es_job_finish(&c);
@@ -244,12 +252,13 @@ static void test_orphan_is_republished(void **state)
     es_uuid7(id);
     snprintf(old, sizeof old, "%lld", (long long)(es_now_ms() - 60000));
     const char *p[] = {id, old};
-    assert_int_equal(es_store_exec1(f->app->store,
-                                    "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
-                                    " payload, published, created_ms, updated_ms) VALUES"
-                                    " ($1, 't1', 'noop', 'queued', 0, 3, '{}', 0, $2, $2)",
-                                    2, p, NULL),
-                     ES_OK);
+    assert_int_equal(
+        es_store_exec1(f->app->store,
+                       "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
+                       " payload, published, created_ms, updated_ms) VALUES"
+                       " ($1, 't1', 'noop', 'queued', 0, 3, '{}', 0, $2, $2)",
+                       2, p, NULL),
+        ES_OK);
     assert_int_equal(wait_for(f, id, ES_JOB_DONE, 8000), ES_JOB_DONE);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM noop_effects WHERE job_id = $1", id), 1);
 }
@@ -263,12 +272,13 @@ static void test_crash_looping_job_ends_dead(void **state)
     es_uuid7(id);
     snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
     const char *p[] = {id, now};
-    assert_int_equal(es_store_exec1(f->app->store,
-                                    "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
-                                    " payload, published, lease_until, created_ms, updated_ms) VALUES"
-                                    " ($1, 't1', 'noop', 'processing', 3, 3, '{}', 1, 0, $2, $2)",
-                                    2, p, NULL),
-                     ES_OK);
+    assert_int_equal(
+        es_store_exec1(f->app->store,
+                       "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
+                       " payload, published, lease_until, created_ms, updated_ms) VALUES"
+                       " ($1, 't1', 'noop', 'processing', 3, 3, '{}', 1, 0, $2, $2)",
+                       2, p, NULL),
+        ES_OK);
     es_msg m = {.queue = "jobs.noop", .body = id, .len = strlen(id), .attempts = 3};
     assert_int_equal(es_broker_publish(f->app->broker, &m, 1), ES_OK);
     assert_int_equal(wait_for(f, id, ES_JOB_DEAD, 5000), ES_JOB_DEAD);
@@ -297,7 +307,8 @@ static void test_list_pagination(void **state)
         assert_int_equal(es_job_list(f->app->engine, &flt, &items, &next), ES_OK);
         size_t i;
         json_t *it;
-        json_array_foreach(items, i, it) {
+        json_array_foreach(items, i, it)
+        {
             assert_true(strcmp(es_json_str(it, "id"), last) < 0); /* newest first, no repeats */
             es_strlcpy(last, es_json_str(it, "id"), sizeof last);
             seen++;

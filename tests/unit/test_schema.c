@@ -50,7 +50,9 @@ static void test_concurrent_migrations(void **state)
     assert_int_equal(es_store_migrate(s, &applied), ES_OK);
     assert_int_equal(applied, 0); /* nothing left to do */
     es_rows *r = NULL;
-    assert_int_equal(es_store_exec1(s, "SELECT COUNT(*), MIN(version) FROM schema_migrations", 0, NULL, &r), ES_OK);
+    assert_int_equal(
+        es_store_exec1(s, "SELECT COUNT(*), MIN(version) FROM schema_migrations", 0, NULL, &r),
+        ES_OK);
     assert_true(es_rows_int(r, 0, 0, 0) >= 2);
     assert_int_equal(es_rows_int(r, 0, 1, 0), 1);
     es_rows_free(r);

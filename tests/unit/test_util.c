@@ -12,9 +12,9 @@ static void test_uuid7(void **state)
     es_sleep_ms(2);
     es_uuid7(b);
     assert_true(es_uuid_valid(a));
-    assert_int_equal(a[14], '7');                         /* version */
-    assert_true(strchr("89ab", a[19]) != NULL);           /* variant */
-    assert_true(strcmp(a, b) < 0);                        /* time-ordered */
+    assert_int_equal(a[14], '7');               /* version */
+    assert_true(strchr("89ab", a[19]) != NULL); /* variant */
+    assert_true(strcmp(a, b) < 0);              /* time-ordered */
     assert_false(es_uuid_valid("not-a-uuid"));
     assert_false(es_uuid_valid("0192f1f0-0000-7000-8000-00000000000g"));
 }
@@ -55,7 +55,8 @@ static void test_buf_bounded(void **state)
     free(s);
     assert_int_equal(b.len, 0);
     es_buf_init(&b, 0);
-    for (int i = 0; i < 10000; i++) assert_int_equal(es_buf_printf(&b, "%04d", i % 10000), ES_OK);
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(es_buf_printf(&b, "%04d", i % 10000), ES_OK);
     assert_int_equal(b.len, 40000);
     es_buf_finish(&b);
 }
@@ -123,8 +124,9 @@ static void test_hashing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uuid7),   cmocka_unit_test(test_time), cmocka_unit_test(test_buf_bounded),
-        cmocka_unit_test(test_parse),   cmocka_unit_test(test_hashing),
+        cmocka_unit_test(test_uuid7),       cmocka_unit_test(test_time),
+        cmocka_unit_test(test_buf_bounded), cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_hashing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -74,7 +74,7 @@ struct sq_store {
     char *path;
     int pool_max;
     int busy_ms;
-    pthread_mutex_t mu; /* the pool */
+    pthread_mutex_t mu;        /* the pool */
     pthread_mutex_t writer_mu; /* one writing transaction at a time in this process */
     pthread_t writer_thread;   /* valid while writer_held */
     bool writer_held;
@@ -288,8 +288,10 @@ static void writer_leave(sq_conn *c, bool force)
 
 static bool starts_write_tx(const char *sql)
 {
-    while (*sql == ' ' || *sql == '\n' || *sql == '\t') sql++;
-    return strncasecmp(sql, "BEGIN", 5) == 0 && (strcasestr(sql, "IMMEDIATE") || strcasestr(sql, "EXCLUSIVE"));
+    while (*sql == ' ' || *sql == '\n' || *sql == '\t')
+        sql++;
+    return strncasecmp(sql, "BEGIN", 5) == 0 &&
+           (strcasestr(sql, "IMMEDIATE") || strcasestr(sql, "EXCLUSIVE"));
 }
 
 static void conn_close(sq_conn *c)
@@ -312,9 +314,9 @@ static int journal_cb(void *arg, int n, char **vals, char **names)
     return 0;
 }
 
-#define CKPT_PAGES      16384        /* wake the checkpointer at this WAL size (64 MB) */
-#define CKPT_INLINE     (8 * CKPT_PAGES) /* it fell behind: the committer helps */
-#define CKPT_EVERY_MS   10000        /* and checkpoint at least this often */
+#define CKPT_PAGES    16384            /* wake the checkpointer at this WAL size (64 MB) */
+#define CKPT_INLINE   (8 * CKPT_PAGES) /* it fell behind: the committer helps */
+#define CKPT_EVERY_MS 10000            /* and checkpoint at least this often */
 
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
@@ -334,7 +336,8 @@ static void *checkpointer_main(void *arg)
 {
     sq_store *s = arg;
     sqlite3 *db = NULL;
-    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
         es_error(COMP, "sqlite: checkpointer cannot open %s: %s", s->path, sqlite3_errmsg(db));
         sqlite3_close(db);
         return NULL;
@@ -544,8 +547,11 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
     if (rc != ES_OK) goto fail_store;
     s->idle = c;
     s->nidle = s->nopen = 1;
-    if (pthread_create(&s->ckpt_thread, NULL, checkpointer_main, s) == 0) s->ckpt_started = true;
-    else es_warn(COMP, "sqlite: no checkpointer thread; the WAL grows until a commit checkpoints it");
+    if (pthread_create(&s->ckpt_thread, NULL, checkpointer_main, s) == 0)
+        s->ckpt_started = true;
+    else
+        es_warn(COMP,
+                "sqlite: no checkpointer thread; the WAL grows until a commit checkpoints it");
     *ctx = s;
     return ES_OK;
 
