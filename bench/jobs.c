@@ -2,12 +2,14 @@
  * with enqueue-to-start latency, on the backends named by the usual settings
  * (embedded defaults in a fresh temporary data directory unless set).
  *
- *   build/bench/jobs [--jobs N] [--producers P] [--workers W] [--effect]
+ *   build/bench/jobs [--jobs N] [--producers P] [--workers W] [--effect] [--rate R]
  *
  * P threads submit N jobs in total (each a store insert + a durable publish);
  * W worker threads run them.  A job's handler records now - (submit time
  * carried in its payload): the time from enqueue to start.  --effect makes
- * each job write its effect row in the transaction that marks it done. */
+ * each job write its effect row in the transaction that marks it done.
+ * --rate R paces the producers to R jobs/s in total: below capacity, the
+ * latency is the engine's own, not time spent behind a backlog. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,13 +57,20 @@ static int bench_run(es_job_ctx *ctx, void *arg)
 typedef struct producer {
     es_engine *engine;
     long n;
+    double rate; /* jobs/s for this producer; 0 = as fast as possible */
     int failures;
 } producer;
 
 static void *produce(void *arg)
 {
     producer *p = arg;
+    int64_t start = es_mono_us();
     for (long i = 0; i < p->n; i++) {
+        if (p->rate > 0) {
+            int64_t due = start + (int64_t)((double)i * 1e6 / p->rate);
+            int64_t now = es_mono_us();
+            if (due > now) es_sleep_ms((due - now + 999) / 1000);
+        }
         char payload[64];
         /* wall clock in us: comparable across threads */
         snprintf(payload, sizeof payload, "{\"t\":%lld}",
@@ -98,17 +107,21 @@ int main(int argc, char **argv)
 {
     long jobs = 20000;
     int producers = 4, workers = 4;
+    double rate = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--jobs") && i + 1 < argc)
             jobs = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--producers") && i + 1 < argc)
-            producers = atoi(argv[++i]);
+            producers = (int)strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--workers") && i + 1 < argc)
-            workers = atoi(argv[++i]);
+            workers = (int)strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--effect"))
             with_effect = true;
+        else if (!strcmp(argv[i], "--rate") && i + 1 < argc)
+            rate = strtod(argv[++i], NULL);
         else {
-            fprintf(stderr, "usage: %s [--jobs N] [--producers P] [--workers W] [--effect]\n",
+            fprintf(stderr,
+                    "usage: %s [--jobs N] [--producers P] [--workers W] [--effect] [--rate R]\n",
                     argv[0]);
             return 2;
         }
@@ -130,16 +143,18 @@ int main(int argc, char **argv)
     if (es_engine_register(app->engine, &k)) return 1;
 
     machine();
-    printf("backends: store=%s broker=%s  jobs=%ld producers=%d workers=%d effect=%s\n",
+    printf("backends: store=%s broker=%s  jobs=%ld producers=%d workers=%d effect=%s rate=%s\n",
            es_store_name(app->store), es_broker_name(app->broker), jobs, producers, workers,
-           with_effect ? "yes" : "no");
+           with_effect ? "yes" : "no", rate > 0 ? "paced" : "max");
     int64_t t0 = es_mono_us();
     if (es_app_start(app)) return 1;
     pthread_t th[64];
     producer pr[64];
     if (producers > 64) producers = 64;
     for (int i = 0; i < producers; i++) {
-        pr[i] = (producer){.engine = app->engine, .n = jobs / producers + (i < jobs % producers)};
+        pr[i] = (producer){.engine = app->engine,
+                           .n = jobs / producers + (i < jobs % producers),
+                           .rate = rate / producers};
         pthread_create(&th[i], NULL, produce, &pr[i]);
     }
     int failures = 0;
