@@ -2,7 +2,7 @@
 CC       ?= gcc
 BUILD    ?= build
 SANITIZE ?=
-PKGS     := libmicrohttpd libpq hiredis librabbitmq libcurl libcrypto jansson sqlite3 uuid
+PKGS     := libmicrohttpd libpq hiredis librabbitmq libcurl libcrypto jansson sqlite3 uuid libxml-2.0
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu17 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral \
             -Wstrict-prototypes -Wmissing-prototypes -Wvla -D_GNU_SOURCE -pthread \
