@@ -22,7 +22,7 @@ TEST_BIN := $(UNIT_SRC:tests/%.c=$(BUILD)/tests/%) $(CONTRACT_SRC:tests/%.c=$(BU
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test unit contract e2e fuzz bench clean deps format check-format lint up
+.PHONY: all test unit contract e2e fuzz bench clean deps format check-format lint up docs
 all: $(BUILD)/esteira
 
 $(BUILD)/obj/%.o: %.c
@@ -70,9 +70,19 @@ up:
 	$(MAKE) $(BUILD)/esteira
 	exec $(BUILD)/esteira up
 
+# docs/config.md is generated from the settings table (a test checks it is current)
+docs: $(BUILD)/esteira
+	{ printf '# Settings\n\n'; cat docs/config.intro; printf '\n```\n'; \
+	  $(BUILD)/esteira help | sed -n '/^Settings/,$$p'; printf '```\n'; } > docs/config.md
+
 format:
 	clang-format -i $$(find src include tests bench -name '*.[ch]')
-check-format:
+check-# docs/config.md is generated from the settings table (a test checks it is current)
+docs: $(BUILD)/esteira
+	{ printf '# Settings\n\n'; cat docs/config.intro; printf '\n```\n'; \
+	  $(BUILD)/esteira help | sed -n '/^Settings/,$$p'; printf '```\n'; } > docs/config.md
+
+format:
 	clang-format --dry-run --Werror $$(find src include tests bench -name '*.[ch]')
 lint:
 	scripts/lint

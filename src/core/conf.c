@@ -50,6 +50,8 @@ static const es_conf_entry table[] = {
      "concurrent HTTP connections"},
     {"conn_timeout_ms", ES_CONF_DURATION, F(conn_timeout_ms), "30s", 1 * SEC, 3600 * SEC, NULL, 0,
      "idle or stalled connections are closed after this"},
+    {"request_timeout_ms", ES_CONF_DURATION, F(request_timeout_ms), "60s", 1 * SEC, 3600 * SEC,
+     NULL, 0, "a JSON request body must arrive whole within this (slow clients are disconnected)"},
     {"json_max_depth", ES_CONF_INT, F(json_max_depth), "32", 2, 1000, NULL, 0,
      "deepest nesting accepted in a JSON body"},
     {"auth", ES_CONF_STR, F(auth), "auto", 0, 0, "auto|required", 0,

@@ -676,6 +676,15 @@ static bool on_body(es_req *r, const char *data, size_t n)
         }
         return true;
     }
+    /* The idle timeout does not stop a client that trickles a byte at a time:
+     * a buffered body must arrive whole within request_timeout_ms.  A reply
+     * cannot be sent before the body ends, so the connection is closed. */
+    int64_t took = (es_mono_us() - r->t0_us) / 1000;
+    if (!r->streaming && took > r->h->app->cfg->request_timeout_ms) {
+        es_warn(COMP, "closing %s %s: body still arriving after %lld ms (%llu bytes)", r->method,
+                r->uri, (long long)took, (unsigned long long)r->seen);
+        return false;
+    }
     if (r->seen > r->limit) {
         char msg[96];
         snprintf(msg, sizeof msg, "body larger than %llu bytes", (unsigned long long)r->limit);
