@@ -77,12 +77,7 @@ docs: $(BUILD)/esteira
 
 format:
 	clang-format -i $$(find src include tests bench -name '*.[ch]')
-check-# docs/config.md is generated from the settings table (a test checks it is current)
-docs: $(BUILD)/esteira
-	{ printf '# Settings\n\n'; cat docs/config.intro; printf '\n```\n'; \
-	  $(BUILD)/esteira help | sed -n '/^Settings/,$$p'; printf '```\n'; } > docs/config.md
-
-format:
+check-format:
 	clang-format --dry-run --Werror $$(find src include tests bench -name '*.[ch]')
 lint:
 	scripts/lint
