@@ -610,18 +610,21 @@ int es_job_counts(es_engine *e, json_t **out)
     return ES_OK;
 }
 
-/* Moves a job from one of the states in `from` to queued and publishes it. */
-static int requeue(es_engine *e, const char *tenant, const char *id, const char *from,
-                   const char *why)
+/* Moves a job from one of the states in `from` (SQL list) to another with
+ * `set` (SQL assignments), appending `status` to its history, in one
+ * transaction.  *out gets kind, attempts, trace_id.  ES_ECONFLICT when the job
+ * is in another state, ES_ENOTFOUND when there is no such job (for tenant). */
+static int transition(es_engine *e, const char *tenant, const char *id, const char *set,
+                      const char *from, const char *status, const char *why, es_rows **out)
 {
+    *out = NULL;
     if (!es_uuid_valid(id)) return ES_ENOTFOUND;
-    char now_s[24], sql[512];
+    char now_s[24], sql[640];
     int64_t now = es_now_ms();
     snprintf(sql, sizeof sql,
-             "UPDATE jobs SET status = 'queued', attempts = 0, error_type = NULL,"
-             " error_message = NULL, run_after = NULL, lease_until = NULL, published = 0,"
-             " updated_ms = $2 WHERE id = $1 AND status IN (%s)%s RETURNING kind, trace_id",
-             from, tenant ? " AND tenant = $3" : "");
+             "UPDATE jobs SET %s, updated_ms = $2 WHERE id = $1 AND status IN (%s)%s"
+             " RETURNING kind, attempts, trace_id",
+             set, from, tenant ? " AND tenant = $3" : "");
     const char *p[] = {id, I64(now_s, now), tenant};
     es_store_conn *c = NULL;
     es_rows *r = NULL;
@@ -629,7 +632,8 @@ static int requeue(es_engine *e, const char *tenant, const char *id, const char 
     if (rc) return rc;
     if ((rc = es_store_begin(c))) goto release;
     rc = es_store_exec(c, sql, tenant ? 3 : 2, p, &r);
-    if (!rc && es_rows_count(r) == 1) rc = add_event(c, id, "queued", 0, why, NULL, -1, now);
+    if (!rc && es_rows_count(r) == 1)
+        rc = add_event(c, id, status, (int)es_rows_int(r, 0, 1, 0), why, NULL, -1, now);
     if (rc) {
         es_store_rollback(c);
         goto release;
@@ -641,9 +645,9 @@ static int requeue(es_engine *e, const char *tenant, const char *id, const char 
         if (rc == ES_ECONFLICT) es_job_finish(&j);
         goto release;
     }
-    if (publish_job(e, es_rows_get(r, 0, 0), id, 0, 0, es_rows_get(r, 0, 1)) == ES_OK)
-        mark_published(e, id);
-    count_transition(es_rows_get(r, 0, 0), "queued");
+    count_transition(es_rows_get(r, 0, 0), status);
+    *out = r;
+    r = NULL;
 release:
     es_rows_free(r);
     es_store_release(c);
@@ -652,44 +656,24 @@ release:
 
 int es_job_retry(es_engine *e, const char *tenant, const char *id)
 {
-    return requeue(e, tenant, id, "'error', 'dead', 'canceled'", "retried");
+    es_rows *r = NULL;
+    int rc = transition(e, tenant, id,
+                        "status = 'queued', attempts = 0, error_type = NULL, error_message = NULL,"
+                        " run_after = NULL, lease_until = NULL, published = 0",
+                        "'error', 'dead', 'canceled'", "queued", "retried", &r);
+    if (rc) return rc;
+    if (publish_job(e, es_rows_get(r, 0, 0), id, 0, 0, es_rows_get(r, 0, 2)) == ES_OK)
+        mark_published(e, id);
+    es_rows_free(r);
+    return ES_OK;
 }
 
 int es_job_cancel(es_engine *e, const char *tenant, const char *id)
 {
-    if (!es_uuid_valid(id)) return ES_ENOTFOUND;
-    char now_s[24];
-    int64_t now = es_now_ms();
-    const char *p[] = {id, I64(now_s, now), tenant};
-    es_store_conn *c = NULL;
     es_rows *r = NULL;
-    int rc = es_store_acquire(e->store, &c);
-    if (rc) return rc;
-    if ((rc = es_store_begin(c))) goto release;
-    rc = es_store_exec(
-        c,
-        tenant ? "UPDATE jobs SET status = 'canceled', updated_ms = $2 WHERE id = $1"
-                 " AND status IN ('queued', 'error') AND tenant = $3 RETURNING kind, attempts"
-               : "UPDATE jobs SET status = 'canceled', updated_ms = $2 WHERE id = $1"
-                 " AND status IN ('queued', 'error') RETURNING kind, attempts",
-        tenant ? 3 : 2, p, &r);
-    if (!rc && es_rows_count(r) == 1)
-        rc = add_event(c, id, "canceled", (int)es_rows_int(r, 0, 1, 0), NULL, NULL, -1, now);
-    if (rc) {
-        es_store_rollback(c);
-        goto release;
-    }
-    if ((rc = es_store_commit(c))) goto release;
-    if (es_rows_count(r) != 1) {
-        es_job j;
-        rc = es_job_get(e, tenant, id, &j) == ES_OK ? ES_ECONFLICT : ES_ENOTFOUND;
-        if (rc == ES_ECONFLICT) es_job_finish(&j);
-    } else {
-        count_transition(es_rows_get(r, 0, 0), "canceled");
-    }
-release:
+    int rc =
+        transition(e, tenant, id, "status = 'canceled'", "'queued', 'error'", "canceled", NULL, &r);
     es_rows_free(r);
-    es_store_release(c);
     return rc;
 }
 
