@@ -47,6 +47,7 @@ typedef struct es_cache_ops {
 } es_cache_ops;
 
 extern const es_cache_ops es_cache_local;
+extern const es_cache_ops es_cache_redis;
 
 int es_cache_open(const char *url, const es_config *cfg, es_cache **out);
 void es_cache_close(es_cache *c);

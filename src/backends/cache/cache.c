@@ -23,9 +23,10 @@ struct es_subscription {
 };
 
 /* The registered backends; ops->scheme is the URL prefix that selects one
- * ("local:", later "redis://"). */
+ * ("local:", "redis://"). */
 static const es_cache_ops *const backends[] = {
     &es_cache_local,
+    &es_cache_redis,
 };
 
 static const es_cache_ops *find_backend(const char *url)
@@ -49,8 +50,8 @@ int es_cache_open(const char *url, const es_config *cfg, es_cache **out)
     if (!ops) {
         /* The URL may hold a password: name only its scheme. */
         size_t n = strcspn(url, ":");
-        es_error(COMP, "no cache backend for scheme '%.*s' (known: local:)", (int)(n > 32 ? 32 : n),
-                 url);
+        es_error(COMP, "no cache backend for scheme '%.*s' (known: local:, redis://)",
+                 (int)(n > 32 ? 32 : n), url);
         return ES_EINVAL;
     }
     es_cache *c = calloc(1, sizeof *c);
