@@ -1507,8 +1507,9 @@ static int redis_open(const char *url, const es_config *cfg, void **ctx)
     script_init(&r->unlock_s, UNLOCK_LUA);
     script_init(&r->hset_s, HSET_TTL_LUA);
 
-    /* Connect now: a wrong address, password or database shows at startup,
-     * not at the first use. */
+    /* Connect and PING now: a wrong address, password or database shows at
+     * startup, not at the first use (a server that wants a password we did
+     * not give answers the PING with NOAUTH). */
     redisContext *c;
     r->pool.total = 1;
     rc = conn_dial(r, &c);
@@ -1518,6 +1519,11 @@ static int redis_open(const char *url, const es_config *cfg, void **ctx)
         return rc;
     }
     pool_put(r, c, false);
+    rc = redis_ping(r);
+    if (rc != ES_OK) {
+        redis_close(r);
+        return rc;
+    }
     es_debug(COMP, "cache on redis at %s", r->where);
     *ctx = r;
     return ES_OK;
