@@ -70,7 +70,7 @@
 #define COMMAND_TIMEOUT_MS   5000 /* a reply slower than this breaks the connection */
 #define CONNECT_ATTEMPTS     4    /* per command; backoff 50, 100, 200 ms in between */
 #define BACKOFF_FIRST_MS     50
-#define SUB_BACKOFF_MAX_MS   2000  /* the subscriber retries forever, at most this far apart */
+#define SUB_BACKOFF_MAX_MS   1000  /* the subscriber retries forever, at most this far apart */
 #define SUBSCRIBE_TIMEOUT_MS 5000  /* for the server to confirm a subscription */
 #define PING_INTERVAL_MS     15000 /* an idle subscriber connection is checked this often */
 #define QUEUE_MAX            10000 /* messages waiting for the dispatcher */
