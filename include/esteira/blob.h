@@ -55,6 +55,7 @@ typedef struct es_blob_ops {
 } es_blob_ops;
 
 extern const es_blob_ops es_blob_fs;
+extern const es_blob_ops es_blob_s3;
 
 bool es_blob_key_valid(const char *key);
 

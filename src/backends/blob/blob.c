@@ -30,6 +30,7 @@ struct es_blob_writer {
  * ("file:", later "s3://"). */
 static const es_blob_ops *const backends[] = {
     &es_blob_fs,
+    &es_blob_s3,
 };
 
 static const es_blob_ops *find_backend(const char *url)
@@ -102,8 +103,8 @@ int es_blob_open(const char *url, const es_config *cfg, es_blob **out)
     if (!ops) {
         /* The URL may hold credentials: name only its scheme. */
         size_t n = strcspn(url, ":");
-        es_error(COMP, "no blob backend for scheme '%.*s' (known: file:)", (int)(n > 32 ? 32 : n),
-                 url);
+        es_error(COMP, "no blob backend for scheme '%.*s' (known: file:, s3://)",
+                 (int)(n > 32 ? 32 : n), url);
         return ES_EINVAL;
     }
     es_blob *b = calloc(1, sizeof *b);
