@@ -72,6 +72,7 @@ typedef struct es_broker_ops {
 } es_broker_ops;
 
 extern const es_broker_ops es_broker_local;
+extern const es_broker_ops es_broker_amqp;
 
 int es_broker_open(const char *url, const es_config *cfg, es_broker **out);
 void es_broker_close(es_broker *b);

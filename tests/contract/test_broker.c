@@ -830,7 +830,9 @@ static void test_live_holder_keeps_messages(void **state)
         es_delivery_finish(&d);
     }
     expect_empty(c, 1500);
-    expect_depth(f->b, f->q, 0, K);
+    /* AMQP 0-9-1 reports ready messages only: amqp:// counts as unacked just
+     * what its own consumers hold, so the child's K are not seen from here. */
+    expect_depth(f->b, f->q, 0, strncmp(g_url, "amqp:", 5) == 0 ? 0 : K);
 
     kill(pid, SIGKILL);
     close(hold[1]);

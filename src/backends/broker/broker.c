@@ -27,6 +27,7 @@ struct es_consumer {
 
 static const es_broker_ops *const backends[] = {
     &es_broker_local,
+    &es_broker_amqp,
 };
 
 static const es_broker_ops *find_backend(const char *url)
