@@ -20,6 +20,7 @@
 /* Backends chosen by the prefix of the URL. */
 static const es_store_ops *const backends[] = {
     &es_store_sqlite,
+    &es_store_pg,
 };
 
 struct es_store {
