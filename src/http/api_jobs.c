@@ -71,7 +71,7 @@ int api_jobs_create(es_req *r)
     free(payload_s);
     json_decref(body);
     if (rc == ES_EAGAIN)
-        return es_reply_err(r, rc, "the broker did not accept the job; retry later");
+        return es_reply_err(r, rc, "the job could not be stored and queued now; retry later");
     if (rc) return es_reply_err(r, rc, "could not create the job");
     if (existed) es_reply_header(r, "Idempotent-Replayed", "true");
     rc = es_reply_json(r, existed ? 200 : 201, es_job_json(&j));
