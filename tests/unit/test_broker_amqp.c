@@ -174,6 +174,28 @@ static void test_unreachable_and_no_password_in_logs(void **state)
 
 /* -------------------------------------------------------- with a server */
 
+/* The server's refusals keep their meaning: bad credentials, no such vhost. */
+static void test_login_refused(void **state)
+{
+    (void)state;
+    need_server();
+    char url[600];
+    snprintf(url, sizeof url, "%s", g_url);
+    char *at = strchr(url, '@'), *slash = at ? strchr(at, '/') : NULL;
+    assert_non_null(slash);
+    char hostport[200];
+    snprintf(hostport, sizeof hostport, "%.*s", (int)(slash - at - 1), at + 1);
+
+    char bad[700];
+    es_broker *b = NULL;
+    snprintf(bad, sizeof bad, "amqp://guest:wrong-password@%s/%%2F", hostport);
+    assert_int_equal(es_broker_open(bad, &g_cfg, &b), ES_EAUTH);
+    assert_null(b);
+    snprintf(bad, sizeof bad, "amqp://guest:guest@%s/no-such-vhost-here", hostport);
+    assert_int_equal(es_broker_open(bad, &g_cfg, &b), ES_EFORBIDDEN);
+    assert_null(b);
+}
+
 /* A delay is rounded up to a bucket at most 15 % longer; the delay queue
  * has exactly the arguments described in broker_amqp.c (a redeclaration
  * with them is accepted, any difference would be refused); the message
@@ -266,6 +288,24 @@ static void test_vanished_queue(void **state)
     es_delivery d;
     assert_int_equal(es_consumer_next(c, 5000, &d), ES_OK);
     assert_string_equal(d.body, "second");
+    assert_int_equal(es_consumer_ack(c, &d), ES_OK);
+    es_delivery_finish(&d);
+
+    /* deleted under a consumer: next() says so (not a timeout), and a
+     * consumer opened again declares it again */
+    raw_delete(st, q);
+    int rc;
+    int64_t until = es_mono_ms() + 3000;
+    while ((rc = es_consumer_next(c, 100, &d)) == ES_ETIMEDOUT && es_mono_ms() < until) {
+    }
+    assert_int_not_equal(rc, ES_OK);
+    assert_int_not_equal(rc, ES_ETIMEDOUT);
+    es_consumer_close(c);
+    assert_int_equal(es_consumer_open(b, q, 1, &c), ES_OK);
+    assert_int_equal(raw_count(st, q), 0);
+    publish_one(b, q, "third", 0);
+    assert_int_equal(es_consumer_next(c, 5000, &d), ES_OK);
+    assert_string_equal(d.body, "third");
     assert_int_equal(es_consumer_ack(c, &d), ES_OK);
     es_delivery_finish(&d);
     es_consumer_close(c);
@@ -647,6 +687,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_urls),
         cmocka_unit_test(test_unreachable_and_no_password_in_logs),
+        cmocka_unit_test(test_login_refused),
         cmocka_unit_test(test_delay_topology),
         cmocka_unit_test(test_vanished_queue),
         cmocka_unit_test(test_foreign_message_and_not_before),

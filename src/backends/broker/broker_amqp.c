@@ -7,11 +7,15 @@
  *   Q.delay.<ms>  delay queues: x-message-ttl <ms>, and x-dead-letter-exchange ""
  *                 + x-dead-letter-routing-key Q send a message back to Q when
  *                 its time is up; x-expires drops the ones nobody uses.
- * A delay is rounded up to one of ~115 buckets 15 % apart, from 10 ms to
+ * A delay is rounded up to one of 114 buckets 15 % apart, from 10 ms to
  * 24 h, so a queue has few delay queues.  Every message of a delay queue has
  * the same TTL, so RabbitMQ (which expires only at the head) lets each go in
- * time.  A delay over 24 h waits in the 24 h queue with x-not-before, and a
- * consumer that receives it early puts it back for the rest.
+ * time.  x-expires is the TTL + 30 min and a delay queue in use is declared
+ * again every 10 min, so it cannot expire under a message.  A delay over
+ * 24 h waits in the 24 h queue with x-not-before, and a consumer that
+ * receives it early puts it back for the rest.  (RabbitMQ moves a message
+ * out of a classic delay queue without confirms inside the server: a crash
+ * of the server at that moment can lose it.)
  *
  * Messages are persistent.  Headers are an AMQP table: the caller's as
  * strings, plus x-attempts and x-published-ms (the timestamp property holds
@@ -44,6 +48,11 @@
  * plus what its consumers here received but did not hand out yet.  AMQP
  * 0-9-1 does not report unacknowledged messages, so unacked counts only the
  * deliveries handed out by this broker's own consumers and not yet settled.
+ *
+ * URL options: heartbeat=30 (seconds, 0 = off), connect_timeout=5s,
+ * publish_timeout=10s (a publish gives up after it, reconnects included),
+ * publishers=2 (connections), queue_expires= (x-expires for Q and Q.dead:
+ * for tests and throwaway setups; none by default).
  *
  * Locks: gc_lock (the request queue and lane ownership), admin_lock,
  * cons_lock (the consumer list), then a consumer's lock, then decl_lock;
@@ -182,6 +191,7 @@ struct ab {
 
     pthread_mutex_t admin_lock; /* declare, depth, purge, ping */
     aconn admin;
+    bool scan_open[BUCKETS_MAX]; /* its channel 2 + bucket is open */
     int64_t admin_used_ms;
 
     pthread_mutex_t decl_lock;
@@ -336,12 +346,16 @@ static int parse_option(settings *s, const char *key, const char *val)
     return ES_OK;
 }
 
-/* The URL shown in logs: as given, without the password. */
+/* The URL shown in logs: as given, without the password (everything from
+ * the first ':' to the last '@' of the authority). */
 static void url_shown(const char *url, char *out, size_t size)
 {
     const char *auth = strstr(url, "://");
     auth = auth ? auth + 3 : url;
-    const char *at = strchr(auth, '@');
+    size_t alen = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + alen; p++)
+        if (*p == '@') at = p;
     const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
     if (colon)
         snprintf(out, size, "%.*s%s", (int)(colon - url), url, at);
@@ -358,10 +372,11 @@ static int parse_url(const char *url, settings *s)
     s->publishers = 2;
     url_shown(url, s->shown, sizeof s->shown);
 
+    int err = ES_EINVAL;
     char copy[2048];
     if (es_strlcpy(copy, url, sizeof copy) >= sizeof copy || strncmp(copy, "amqp://", 7) != 0) {
         es_error(COMP, "bad broker URL %s: expected amqp://user:pw@host:port/vhost", s->shown);
-        return ES_EINVAL;
+        goto done;
     }
     char *query = strchr(copy, '?');
     if (query) {
@@ -376,7 +391,7 @@ static int parse_url(const char *url, settings *s)
                          "connect_timeout=<dur>, publish_timeout=<dur>, publishers=<n>, "
                          "queue_expires=<dur>)",
                          kv, s->shown);
-                return ES_EINVAL;
+                goto done;
             }
         }
     }
@@ -384,18 +399,34 @@ static int parse_url(const char *url, settings *s)
     amqp_default_connection_info(&ci);
     if (amqp_parse_url(copy, &ci) != AMQP_STATUS_OK || ci.ssl || !ci.host || !*ci.host) {
         es_error(COMP, "bad broker URL %s: expected amqp://user:pw@host:port/vhost", s->shown);
-        return ES_EINVAL;
+        goto done;
     }
     if (es_strlcpy(s->host, ci.host, sizeof s->host) >= sizeof s->host ||
         es_strlcpy(s->user, ci.user, sizeof s->user) >= sizeof s->user ||
         es_strlcpy(s->pass, ci.password, sizeof s->pass) >= sizeof s->pass ||
         es_strlcpy(s->vhost, ci.vhost, sizeof s->vhost) >= sizeof s->vhost) {
         es_error(COMP, "bad broker URL %s: a part is too long", s->shown);
-        return ES_EINVAL;
+        goto done;
     }
     s->port = ci.port;
-    explicit_bzero(copy, sizeof copy);
-    return ES_OK;
+    err = ES_OK;
+done:
+    explicit_bzero(copy, sizeof copy); /* it held the password */
+    return err;
+}
+
+static void entry_i64(amqp_table_entry_t *e, const char *key, int64_t v)
+{
+    e->key = amqp_cstring_bytes(key);
+    e->value.kind = AMQP_FIELD_KIND_I64;
+    e->value.value.i64 = v;
+}
+
+static void entry_str(amqp_table_entry_t *e, const char *key, const char *v)
+{
+    e->key = amqp_cstring_bytes(key);
+    e->value.kind = AMQP_FIELD_KIND_UTF8;
+    e->value.value.bytes = amqp_cstring_bytes(v);
 }
 
 /* ------------------------------------------------------------ connections */
@@ -529,8 +560,27 @@ static int conn_open(ab *b, aconn *c, const char *role)
     }
     amqp_set_handshake_timeout(st, &ctv);
     amqp_set_rpc_timeout(st, &rtv);
-    amqp_rpc_reply_t r = amqp_login(st, b->s.vhost, 0, FRAME_MAX, b->s.heartbeat,
-                                    AMQP_SASL_METHOD_PLAIN, b->s.user, b->s.pass);
+    /* Without consumer_cancel_notify a consumer whose queue is deleted is
+     * silently dropped; without connection.blocked a resource alarm looks
+     * like a slow server.  rabbitmq-c merges these into its defaults. */
+    amqp_table_entry_t caps[3];
+    const char *cap_names[3] = {"consumer_cancel_notify", "connection.blocked", "basic.nack"};
+    for (int i = 0; i < 3; i++) {
+        caps[i].key = amqp_cstring_bytes(cap_names[i]);
+        caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        caps[i].value.value.boolean = 1;
+    }
+    char cname[64];
+    snprintf(cname, sizeof cname, "esteira %s", role);
+    amqp_table_entry_t props[2];
+    props[0].key = amqp_cstring_bytes("capabilities");
+    props[0].value.kind = AMQP_FIELD_KIND_TABLE;
+    props[0].value.value.table = (amqp_table_t){3, caps};
+    entry_str(&props[1], "connection_name", cname);
+    amqp_table_t client = {2, props};
+    amqp_rpc_reply_t r =
+        amqp_login_with_properties(st, b->s.vhost, 0, FRAME_MAX, b->s.heartbeat, &client,
+                                   AMQP_SASL_METHOD_PLAIN, b->s.user, b->s.pass);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         int err;
         if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
@@ -623,20 +673,6 @@ static void decl_forget(ab *b, const char *queue, int bi)
     if (q && bi < 0) q->declared_until = 0;
     if (q && bi >= 0) q->delay_until[bi] = 0;
     pthread_mutex_unlock(&b->decl_lock);
-}
-
-static void entry_i64(amqp_table_entry_t *e, const char *key, int64_t v)
-{
-    e->key = amqp_cstring_bytes(key);
-    e->value.kind = AMQP_FIELD_KIND_I64;
-    e->value.value.i64 = v;
-}
-
-static void entry_str(amqp_table_entry_t *e, const char *key, const char *v)
-{
-    e->key = amqp_cstring_bytes(key);
-    e->value.kind = AMQP_FIELD_KIND_UTF8;
-    e->value.value.bytes = amqp_cstring_bytes(v);
 }
 
 static int queue_declare(ab *b, aconn *c, const char *name, bool passive, amqp_table_t args,
@@ -1359,14 +1395,25 @@ static int ab_consumer_open(void *ctx, const char *queue, int prefetch, void **o
     atomic_init(&c->nstash, 0);
 
     if ((err = conn_open(b, &c->c, "consumer"))) goto fail_conn;
-    if ((err = ensure_declared(b, &c->c, queue, -1))) goto fail_conn;
     amqp_basic_qos(c->c.st, CH, 0, (uint16_t)(prefetch > 65535 ? 65535 : prefetch), 0);
     if ((err = rpc_result(b, &c->c, amqp_get_rpc_reply(c->c.st), "setting prefetch for", queue)))
         goto fail_conn;
-    amqp_basic_consume(c->c.st, CH, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
-                       amqp_empty_table);
-    if ((err = rpc_result(b, &c->c, amqp_get_rpc_reply(c->c.st), "consuming from", queue)))
-        goto fail_conn;
+    for (int attempt = 0;; attempt++) {
+        if ((err = ensure_declared(b, &c->c, queue, -1))) goto fail_conn;
+        if ((err = chan_ensure(b, &c->c))) goto fail_conn;
+        amqp_basic_consume(c->c.st, CH, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
+                           amqp_empty_table);
+        err = rpc_result(b, &c->c, amqp_get_rpc_reply(c->c.st), "consuming from", queue);
+        if (err != ES_ENOTFOUND || attempt > 0) break;
+        /* deleted since we declared it: once more, declared again (the
+         * channel was closed, and with it the prefetch setting) */
+        decl_forget(b, queue, -1);
+        if ((err = chan_ensure(b, &c->c))) goto fail_conn;
+        amqp_basic_qos(c->c.st, CH, 0, (uint16_t)(prefetch > 65535 ? 65535 : prefetch), 0);
+        err = rpc_result(b, &c->c, amqp_get_rpc_reply(c->c.st), "setting prefetch for", queue);
+        if (err) goto fail_conn;
+    }
+    if (err) goto fail_conn;
     c->used_ms = es_mono_ms();
 
     pthread_mutex_lock(&b->cons_lock);
@@ -1516,11 +1563,13 @@ static int admin_run(ab *b, admin_fn fn, void *arg)
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh = false;
         if (!b->admin.st) {
+            memset(b->scan_open, 0, sizeof b->scan_open);
             if ((err = conn_open(b, &b->admin, "broker"))) break;
             decl_forget_all(b);
             fresh = true;
         }
         err = fn(b, &b->admin, arg);
+        if (b->admin.st) amqp_maybe_release_buffers(b->admin.st);
         if (err != ES_EAGAIN || b->admin.st || fresh) break;
     }
     b->admin_used_ms = es_mono_ms();
@@ -1578,6 +1627,106 @@ static int count_one(ab *b, aconn *c, const char *name, bool purge, int64_t *n)
     return err;
 }
 
+/* Asks about (or purges) many delay queues of one queue at once, on a
+ * channel each (2, 3, …): two round trips instead of two per queue (a
+ * missing queue closes its channel).  Channels stay open between calls.
+ * want[] says which buckets; on return seen[] says which exist, and their
+ * message counts are added to *sum. */
+static int scan_delays(ab *b, aconn *c, const char *queue, bool purge, const uint64_t *want,
+                       uint64_t *seen, int64_t *sum)
+{
+    int64_t deadline = es_mono_ms() + b->s.publish_timeout_ms;
+    int err = ES_OK, opening = 0, asking = 0;
+#define WANTED(bi) (want[(bi) / 64] >> ((bi) % 64) & 1)
+    for (int bi = 0; bi < nbuckets && !err; bi++) {
+        if (!WANTED(bi) || b->scan_open[bi]) continue;
+        amqp_channel_open_t m = {amqp_empty_bytes};
+        if (amqp_send_method(c->st, (amqp_channel_t)(2 + bi), AMQP_CHANNEL_OPEN_METHOD, &m))
+            err = ES_EAGAIN;
+        opening++;
+    }
+    /* phase 0 waits for channel.open-ok, phase 1 for the answers */
+    for (int phase = 0; phase < 2 && !err; phase++) {
+        if (phase == 1) {
+            for (int bi = 0; bi < nbuckets && !err; bi++) {
+                if (!WANTED(bi) || !b->scan_open[bi]) continue;
+                char name[300];
+                delay_name(name, sizeof name, queue, bi);
+                amqp_queue_declare_t qd = {
+                    .queue = amqp_cstring_bytes(name), .passive = 1, .arguments = amqp_empty_table};
+                amqp_queue_purge_t qp = {.queue = amqp_cstring_bytes(name)};
+                int rc = purge ? amqp_send_method(c->st, (amqp_channel_t)(2 + bi),
+                                                  AMQP_QUEUE_PURGE_METHOD, &qp)
+                               : amqp_send_method(c->st, (amqp_channel_t)(2 + bi),
+                                                  AMQP_QUEUE_DECLARE_METHOD, &qd);
+                if (rc) err = ES_EAGAIN;
+                asking++;
+            }
+        }
+        int *left = phase == 0 ? &opening : &asking;
+        while (*left > 0 && !err) {
+            int64_t wait = deadline - es_mono_ms();
+            struct timeval tv = ms_tv(wait);
+            amqp_frame_t f;
+            int rc =
+                wait > 0 ? amqp_simple_wait_frame_noblock(c->st, &f, &tv) : AMQP_STATUS_TIMEOUT;
+            if (rc != AMQP_STATUS_OK) {
+                es_warn(COMP, "looking up the delay queues of %s on %s: %s", queue, b->s.shown,
+                        amqp_error_string2(rc));
+                err = ES_EAGAIN;
+                break;
+            }
+            int bi = (int)f.channel - 2;
+            if (f.frame_type != AMQP_FRAME_METHOD || bi < 0 || bi >= nbuckets) {
+                if (f.frame_type == AMQP_FRAME_METHOD &&
+                    f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
+                    server_close(b, c, &f.payload.method, "looking up delay queues of", queue);
+                    err = ES_EAGAIN;
+                }
+                continue;
+            }
+            switch (f.payload.method.id) {
+            case AMQP_CHANNEL_OPEN_OK_METHOD:
+                b->scan_open[bi] = true;
+                (*left)--;
+                break;
+            case AMQP_QUEUE_DECLARE_OK_METHOD:
+            case AMQP_QUEUE_PURGE_OK_METHOD: {
+                uint32_t n =
+                    f.payload.method.id == AMQP_QUEUE_DECLARE_OK_METHOD
+                        ? ((amqp_queue_declare_ok_t *)f.payload.method.decoded)->message_count
+                        : ((amqp_queue_purge_ok_t *)f.payload.method.decoded)->message_count;
+                *sum += n;
+                seen[bi / 64] |= 1ULL << (bi % 64);
+                (*left)--;
+                break;
+            }
+            case AMQP_CHANNEL_CLOSE_METHOD: {
+                const amqp_channel_close_t *cc = f.payload.method.decoded;
+                if (cc->reply_code != AMQP_NOT_FOUND) {
+                    es_warn(COMP, "looking up a delay queue of %s on %s: %d %.*s", queue,
+                            b->s.shown, cc->reply_code, (int)cc->reply_text.len,
+                            (const char *)cc->reply_text.bytes);
+                    err = reply_code_err(cc->reply_code);
+                }
+                amqp_channel_close_ok_t ok = {0};
+                if (amqp_send_method(c->st, f.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok))
+                    err = ES_EAGAIN;
+                b->scan_open[bi] = false;
+                seen[bi / 64] &= ~(1ULL << (bi % 64));
+                (*left)--;
+                break;
+            }
+            default: break;
+            }
+        }
+    }
+#undef WANTED
+    if (c->st) amqp_maybe_release_buffers(c->st);
+    if (err == ES_EAGAIN) conn_drop(c); /* the channels' state is unknown now */
+    return err;
+}
+
 /* The queue and its delay queues: those known to exist, and now and then
  * (always for a purge) every other possible one, made by other processes. */
 static int op_depth(ab *b, aconn *c, void *arg)
@@ -1589,26 +1738,17 @@ static int op_depth(ab *b, aconn *c, void *arg)
     if (err && err != ES_ENOTFOUND) return err;
 
     int64_t now = es_mono_ms();
-    uint64_t seen[BUCKETS_MAX / 64];
+    uint64_t seen[BUCKETS_MAX / 64], want[BUCKETS_MAX / 64];
     pthread_mutex_lock(&b->decl_lock);
     qinfo *q = qinfo_get(b, a->queue);
     bool full = !q || a->purge || q->scanned_ms == 0 || now - q->scanned_ms >= SCAN_EVERY_MS;
     if (q) memcpy(seen, q->delay_seen, sizeof seen);
     pthread_mutex_unlock(&b->decl_lock);
     if (!q) return ES_ENOMEM;
+    memcpy(want, seen, sizeof want);
+    if (full) memset(want, 0xff, sizeof want);
 
-    for (int bi = 0; bi < nbuckets; bi++) {
-        bool known = seen[bi / 64] >> (bi % 64) & 1;
-        if (!known && !full) continue;
-        char name[300];
-        delay_name(name, sizeof name, a->queue, bi);
-        err = count_one(b, c, name, a->purge, sum);
-        if (err && err != ES_ENOTFOUND) return err;
-        if (err)
-            seen[bi / 64] &= ~(1ULL << (bi % 64));
-        else
-            seen[bi / 64] |= 1ULL << (bi % 64);
-    }
+    if ((err = scan_delays(b, c, a->queue, a->purge, want, seen, sum))) return err;
     pthread_mutex_lock(&b->decl_lock);
     memcpy(q->delay_seen, seen, sizeof seen);
     if (full) q->scanned_ms = now;
