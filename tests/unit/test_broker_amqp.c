@@ -99,6 +99,16 @@ static void raw_delete(amqp_connection_state_t st, const char *q)
     if (amqp_get_rpc_reply(st).reply_type != AMQP_RESPONSE_NORMAL) raw_recover(st);
 }
 
+/* Deletes the delay queues of q with a TTL in [lo, hi] ms. */
+static void raw_delete_delays(amqp_connection_state_t st, const char *q, int lo, int hi)
+{
+    for (int ms = lo; ms <= hi; ms++) {
+        char name[200];
+        snprintf(name, sizeof name, "%s.delay.%d", q, ms);
+        if (raw_count(st, name) >= 0) raw_delete(st, name);
+    }
+}
+
 static void publish_one(es_broker *b, const char *q, const char *body, int64_t delay_ms)
 {
     es_msg m = {.queue = q, .body = body, .len = strlen(body), .delay_ms = delay_ms};
@@ -377,6 +387,7 @@ static void test_foreign_message_and_not_before(void **state)
     es_delivery_finish(&d);
     es_consumer_close(c);
 
+    raw_delete_delays(st, q, 10, 1000); /* where it waited for the rest */
     raw_delete(st, q);
     raw_delete(st, dq);
     raw_close(st);
