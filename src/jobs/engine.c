@@ -857,8 +857,14 @@ static claim_result claim(es_engine *e, kind_rt *k, const es_delivery *d, es_job
 {
     char now_s[24], lease_s[24];
     int64_t now = es_now_ms();
+    /* a "reclaim" header names the attempt its worker ran but could not
+     * record (see abandon()): that attempt may be taken over at once */
+    const char *reclaim = es_delivery_header(d, "reclaim");
+    int64_t reclaim_n = -1;
+    if (reclaim && es_parse_i64(reclaim, 1, 1000, &reclaim_n)) reclaim_n = -1;
+    char reclaim_s[24];
     const char *p[] = {d->body, I64(lease_s, now + e->cfg->job_timeout_ms), I64(now_s, now),
-                       d->redelivered ? "1" : "0"};
+                       d->redelivered ? "1" : "0", I64(reclaim_s, reclaim_n)};
     es_store_conn *c = NULL;
     es_rows *r = NULL;
     if (es_store_acquire(e->store, &c)) return CLAIM_FAILED;
@@ -868,8 +874,8 @@ static claim_result claim(es_engine *e, kind_rt *k, const es_delivery *d, es_job
                            "UPDATE jobs SET status = 'processing', attempts = attempts + 1,"
                            " lease_until = $2, updated_ms = $3 WHERE id = $1 AND"
                            " (status IN ('queued', 'error') OR (status = 'processing' AND"
-                           " (lease_until < $3 OR $4 = '1'))) RETURNING " JOB_COLS,
-                           4, p, &r);
+                           " (lease_until < $3 OR $4 = '1' OR attempts = $5))) RETURNING " JOB_COLS,
+                           5, p, &r);
     if (!rc && es_rows_count(r) == 1) {
         row_to_job(r, 0, j);
         rc = add_event(c, j->id, "processing", j->attempts, NULL, NULL, -1, now);
@@ -916,6 +922,32 @@ static void observe(const char *metric, const char *kind, double seconds)
     char labels[80];
     snprintf(labels, sizeof labels, "kind=\"%s\"", kind);
     es_metric_observe(metric, labels, seconds);
+}
+
+/* The handler ran but its outcome could not be written (the store went away).
+ * The job stays `processing` under this worker's lease; rather than let the
+ * next delivery wait for the lease to end, send a new message naming the
+ * attempt as abandoned ("reclaim"), which a claim may take over at once, and
+ * ack this one.  Without the broker either, hand the message back: the lease
+ * then ends the wait. */
+static void abandon(es_engine *e, kind_rt *k, es_consumer *cons, const es_delivery *d,
+                    const es_job *j)
+{
+    char attempt[16], enq[24];
+    es_kv h[] = {{"jobId", (char *)j->id},
+                 {"reclaim", I64(attempt, j->attempts)},
+                 {"enqueuedMs", I64(enq, es_now_ms())}};
+    es_msg m = {.queue = k->queue,
+                .body = j->id,
+                .len = strlen(j->id),
+                .headers = h,
+                .nheaders = (int)ES_ARRAY_LEN(h),
+                .attempts = d->attempts,
+                .delay_ms = k->base_ms};
+    if (es_broker_publish(e->broker, &m, 1) == ES_OK)
+        es_consumer_ack(cons, d);
+    else
+        es_consumer_retry(cons, d, k->base_ms);
 }
 
 static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delivery *d)
@@ -967,7 +999,7 @@ static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
             es_consumer_ack(cons, d);
         } else {
             es_warn("jobs", "could not record job %s as done: %s", ctx.job.id, es_strerror(rc));
-            es_consumer_retry(cons, d, k->base_ms);
+            abandon(e, k, cons, d, &ctx.job);
         }
     } else if (rc == ES_ECANCELED && atomic_load(&e->stopping) && !ctx.error_type) {
         end_handler_tx(&ctx, false);
@@ -981,7 +1013,7 @@ static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
         if (wrc) {
             es_warn("jobs", "could not record the failure of job %s: %s", ctx.job.id,
                     es_strerror(wrc));
-            es_consumer_retry(cons, d, k->base_ms);
+            abandon(e, k, cons, d, &ctx.job);
         } else if (dead) {
             es_warn("jobs", "job %s is dead after %d attempts: %s: %s", ctx.job.id,
                     ctx.job.attempts, ctx.error_type, ctx.error_message);

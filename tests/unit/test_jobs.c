@@ -289,6 +289,49 @@ static void test_crash_looping_job_ends_dead(void **state)
     assert_int_equal(count(f, "SELECT COUNT(*) FROM noop_effects WHERE job_id = $1", id), 0);
 }
 
+/* A job left `processing` under a live lease by a worker that could not record
+ * its outcome: a message naming that attempt ("reclaim") takes it over at
+ * once; one naming an older attempt does not. */
+static void test_abandoned_attempt_is_reclaimed(void **state)
+{
+    fixture *f = *state;
+    char ids[2][ES_UUID_LEN + 1], now[24], lease[24];
+    snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
+    snprintf(lease, sizeof lease, "%lld", (long long)(es_now_ms() + 3600 * 1000));
+    const char *reclaim[2] = {"2", "1"};
+    for (int i = 0; i < 2; i++) {
+        es_uuid7(ids[i]);
+        const char *p[] = {ids[i], now, lease};
+        assert_int_equal(
+            es_store_exec1(f->app->store,
+                           "INSERT INTO jobs (id, tenant, kind, status, attempts,"
+                           " max_attempts, payload, published, lease_until, created_ms,"
+                           " updated_ms) VALUES ($1, 't1', 'noop', 'processing', 2, 5,"
+                           " '{}', 1, $3, $2, $2)",
+                           3, p, NULL),
+            ES_OK);
+        es_kv h[] = {{"jobId", ids[i]}, {"reclaim", (char *)reclaim[i]}};
+        es_msg m = {.queue = "jobs.noop",
+                    .body = ids[i],
+                    .len = strlen(ids[i]),
+                    .headers = h,
+                    .nheaders = 2,
+                    .attempts = 2};
+        assert_int_equal(es_broker_publish(f->app->broker, &m, 1), ES_OK);
+    }
+    assert_int_equal(wait_for(f, ids[0], ES_JOB_DONE, 5000), ES_JOB_DONE);
+    es_job j;
+    assert_int_equal(es_job_get(f->app->engine, NULL, ids[0], &j), ES_OK);
+    assert_int_equal(j.attempts, 3);
+    es_job_finish(&j);
+    es_sleep_ms(300);
+    assert_int_equal(es_job_get(f->app->engine, NULL, ids[1], &j), ES_OK);
+    assert_int_equal(j.status, ES_JOB_PROCESSING); /* its lease still runs */
+    assert_int_equal(j.attempts, 2);
+    es_job_finish(&j);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM noop_effects WHERE job_id = $1", ids[1]), 0);
+}
+
 static void test_list_pagination(void **state)
 {
     fixture *f = *state;
@@ -333,6 +376,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_and_tenants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphan_is_republished, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_looping_job_ends_dead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abandoned_attempt_is_reclaimed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_pagination, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
