@@ -59,6 +59,7 @@ def test_backend_restarts_and_worker_kill(start_server, private_services):
     api = start_server(env={**be, "ESTEIRA_WORKERS": "0"}, cmd="serve", name="api")
     workers = [start_server(env=be, cmd="work", name=f"worker{i}") for i in (1, 2)]
 
+    t_start = time.monotonic()
     sub = Submitter(api.url, N, threads=16).start()
     log = []
 
@@ -79,6 +80,7 @@ def test_backend_restarts_and_worker_kill(start_server, private_services):
     sub.join()
     assert not sub.errors, f"{len(sub.errors)} jobs never accepted"
     t0 = time.monotonic()
+    log.append(f"{N} jobs submitted over HTTP in {t0 - t_start:.1f} s ({N / (t0 - t_start):.0f}/s)")
     wait_for(lambda: progress(db, env) == N, timeout=900, interval=1, what=f"{N} jobs done")
     log.append(f"all {N} done {time.monotonic() - t0:.1f} s after the last submit; "
                f"{sub.retries} submit retries")
