@@ -24,6 +24,7 @@ static void usage(FILE *out)
             "  migrate            apply schema migrations (also done at start)\n"
             "  config             print the effective settings (secrets masked)\n"
             "  keys create --tenant T --scopes S [--name N] | keys list | keys revoke ID\n"
+            "  presign GET|PUT KEY [TYPE]  a signed, expiring URL of an object in the blob store\n"
             "Client (talks to ESTEIRA_URL with ESTEIRA_TOKEN):\n"
             "  status ID          a job's status and history\n"
             "  jobs list [QUERY] | jobs create KIND [PAYLOAD] | jobs retry ID | jobs cancel ID\n"
@@ -100,6 +101,8 @@ int main(int argc, char **argv)
         es_config_print(&cfg, stdout), rc = 0;
     else if (!strcmp(cmd, "keys"))
         rc = cli_keys(&cfg, nargs, args);
+    else if (!strcmp(cmd, "presign"))
+        rc = cli_presign(&cfg, nargs, args);
     else if (!strcmp(cmd, "status"))
         rc = cli_status(&cfg, nargs, args);
     else if (!strcmp(cmd, "jobs"))

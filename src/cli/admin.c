@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "esteira/auth.h"
+#include "esteira/blob.h"
 #include "esteira/err.h"
 #include "esteira/store.h"
 #include "esteira/util.h"
@@ -107,4 +108,48 @@ int cli_keys(es_config *cfg, int argc, char **argv)
     }
     es_store_close(s);
     return rc;
+}
+
+/* esteira presign METHOD KEY [CONTENT_TYPE]: a signed URL of the configured
+ * blob store (S3's own, or esteira's /v1/blobs/ for file:), for
+ * ESTEIRA_SIGNED_URL_TTL_MS. */
+int cli_presign(es_config *cfg, int argc, char **argv)
+{
+    if (argc < 2 || argc > 3 || (strcmp(argv[0], "GET") && strcmp(argv[0], "PUT"))) {
+        fprintf(stderr, "usage: esteira presign GET|PUT KEY [CONTENT_TYPE]\n");
+        return 2;
+    }
+    if (!es_blob_key_valid(argv[1])) {
+        fprintf(stderr, "esteira: invalid key '%s'\n", argv[1]);
+        return 2;
+    }
+    if (!cfg->public_url || !*cfg->public_url) {
+        free(cfg->public_url);
+        cfg->public_url = strdup(cfg->url); /* file: URLs point at the server */
+    }
+    if ((!cfg->secret || !*cfg->secret)) {
+        /* the server's generated key, as the file: backend signs with it */
+        char path[1100], buf[65] = {0};
+        snprintf(path, sizeof path, "%s/secret", cfg->data_dir);
+        FILE *f = fopen(path, "r");
+        if (f && fread(buf, 1, 64, f) == 64) {
+            free(cfg->secret);
+            cfg->secret = strdup(buf);
+        }
+        if (f) fclose(f);
+    }
+    es_blob *b = NULL;
+    char *url = NULL;
+    int rc = es_blob_open(cfg->blob_url, cfg, &b);
+    if (!rc)
+        rc = es_blob_presign(b, argv[0], argv[1], argc == 3 ? argv[2] : NULL,
+                             cfg->signed_url_ttl_ms / 1000, &url);
+    es_blob_close(b);
+    if (rc) {
+        fprintf(stderr, "esteira: cannot sign: %s\n", es_strerror(rc));
+        return 1;
+    }
+    printf("%s\n", url);
+    free(url);
+    return 0;
 }

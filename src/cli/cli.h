@@ -9,6 +9,7 @@
 /* Admin commands that work on the store directly (no server needed). */
 int cli_keys(es_config *cfg, int argc, char **argv);
 int cli_migrate(es_config *cfg);
+int cli_presign(es_config *cfg, int argc, char **argv);
 
 /* Client commands: talk to ESTEIRA_URL with ESTEIRA_TOKEN. */
 int cli_status(es_config *cfg, int argc, char **argv);
