@@ -39,6 +39,7 @@ typedef struct es_column {
     bool required;                  /* empty -> rejected (else NULL) */
     bool trim;                      /* strip surrounding spaces (default true) */
     int max_len;                    /* text: characters, 0 = unbounded */
+    bool nonneg;                    /* integer, bigint, decimal: negatives rejected */
 } es_column;
 
 typedef struct es_dataset {
@@ -53,7 +54,8 @@ typedef struct es_dataset {
  * decimal(14,2), debtDueDate date, debtId uuid (key). */
 const es_dataset *es_dataset_builtin(const char *name);
 /* From a definition {"name","columns":[{"name","header"?,"type","required"?,
- * "precision"?,"scale"?,"maxLength"?}],"key"}; err names the field at fault. */
+ * "precision"?,"scale"?,"maxLength"?,"trim"?,"nonNegative"?}],"key"}; err names
+ * the field at fault. */
 int es_dataset_from_json(const json_t *def, es_dataset *out, char *err, size_t errlen);
 json_t *es_dataset_to_json(const es_dataset *d);
 /* CREATE TABLE IF NOT EXISTS for the dialect, the key UNIQUE. */
@@ -72,7 +74,7 @@ int es_dataset_map_header(const es_dataset *d, const char *const *fields, const 
 /* Validates and normalises one value; on success appends it to out in COPY
  * text format (escaped; \N for an empty optional value), without a separator.
  * On failure returns ES_EINVAL and sets *problem to a short static reason
- * ("not a valid date"). */
+ * ("not a valid date"); ES_ELIMIT (nothing appended) when out is full. */
 int es_value_normalize(const es_column *c, const char *in, size_t len, es_buf *out,
                        const char **problem);
 
