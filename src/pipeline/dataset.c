@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "esteira/err.h"
+#include "esteira/json.h"
 #include "esteira/log.h"
 
 #define COMP "dataset"
@@ -41,6 +42,7 @@
 #define DECIMAL_MAX_PRECISION 38
 #define EMAIL_MAX             254
 #define TEXT_MAX_LEN          (1 << 30)
+#define JSON_MAX_DEPTH        64
 #define PROBLEM_FIELD_MAX     200 /* bytes of a header quoted back in a problem */
 
 /* ---------------------------------------------------------------- types */
@@ -473,15 +475,18 @@ static int norm_email(const char *p, size_t n, es_buf *out, const char **problem
     return put_escaped(out, buf, n);
 }
 
-/* Parsed by jansson (syntax, UTF-8, no \u0000 - which jsonb refuses too),
- * then made compact by dropping the whitespace between tokens of the text as
- * given.  Re-dumping jansson's tree would spell numbers through doubles
- * (0.1 -> 0.10000000000000001) and lose digits; the text keeps them. */
+/* Parsed by es_json_parse (syntax, UTF-8, no \u0000 - which jsonb refuses
+ * too -, no repeated keys, bounded depth), then made compact by dropping the
+ * whitespace between tokens of the text as given.  Re-dumping jansson's tree
+ * would spell numbers through doubles (0.1 -> 0.10000000000000001) and lose
+ * digits; the text keeps them. */
 static int norm_json(const char *p, size_t n, es_buf *out, const char **problem)
 {
-    json_error_t jerr;
-    json_t *v = json_loadb(p, n, JSON_DECODE_ANY, &jerr);
-    if (!v) return reject(problem, "not valid JSON");
+    json_t *v = NULL;
+    char jerr[160];
+    int rc = es_json_parse(p, n, JSON_MAX_DEPTH, &v, jerr, sizeof jerr);
+    if (rc == ES_ELIMIT) return reject(problem, "JSON nested too deeply");
+    if (rc != ES_OK) return reject(problem, "not valid JSON");
     json_decref(v);
     char *tmp = malloc(n);
     if (!tmp) return ES_ENOMEM;
@@ -500,7 +505,7 @@ static int norm_json(const char *p, size_t n, es_buf *out, const char **problem)
             in_str = ch == '"';
         }
     }
-    int rc = put_escaped(out, tmp, w);
+    rc = put_escaped(out, tmp, w);
     free(tmp);
     return rc;
 }

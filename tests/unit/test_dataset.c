@@ -398,9 +398,18 @@ static void test_json(void **state)
     OK(&c, "{\"k\": \"a\\\" b\\\\\"}", "{\"k\":\"a\\\\\" b\\\\\\\\\"}");
     OK(&c, "[\"tab\\t\"]", "[\"tab\\\\t\"]");
     static const char *const bad[] = {"{", "[1,]", "{'a':1}", "\"\\u0000\"", "{\"a\":1} x", "nul",
-                                      "\"caf\xC3\"", "\"\\ud800\"", "[\"a\tb\"]", "01"};
+                                      "\"caf\xC3\"", "\"\\ud800\"", "[\"a\tb\"]", "01",
+                                      "{\"a\":1,\"a\":2}"};
     for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++)
         BAD(&c, bad[i], "not valid JSON");
+    char deep[200];
+    memset(deep, '[', 100);
+    memset(deep + 100, ']', 100);
+    bad_n(&c, deep, 200, "JSON nested too deeply", __LINE__);
+    char depth64[129];
+    memcpy(depth64, deep + 36, 128); /* 64 levels: the bound */
+    depth64[128] = '\0';
+    ok_n(&c, depth64, 128, depth64, __LINE__);
 }
 
 /* ---------------------------------------------------------------- debts */
