@@ -90,7 +90,11 @@ static const es_dataset debts = {
              .type = ES_COL_TEXT,
              .required = true,
              .trim = true},
-            {.name = "email", .header = "email", .type = ES_COL_EMAIL, .required = true, .trim = true},
+            {.name = "email",
+             .header = "email",
+             .type = ES_COL_EMAIL,
+             .required = true,
+             .trim = true},
             {.name = "debt_amount",
              .header = "debtAmount",
              .type = ES_COL_DECIMAL,
@@ -104,7 +108,11 @@ static const es_dataset debts = {
              .type = ES_COL_DATE,
              .required = true,
              .trim = true},
-            {.name = "debt_id", .header = "debtId", .type = ES_COL_UUID, .required = true, .trim = true},
+            {.name = "debt_id",
+             .header = "debtId",
+             .type = ES_COL_UUID,
+             .required = true,
+             .trim = true},
         },
 };
 
@@ -219,8 +227,7 @@ static int put_escaped(es_buf *out, const char *s, size_t n)
     return ES_OK;
 }
 
-static int norm_text(const es_column *c, const char *p, size_t n, es_buf *out,
-                     const char **problem)
+static int norm_text(const es_column *c, const char *p, size_t n, es_buf *out, const char **problem)
 {
     size_t chars;
     const char *why = utf8_check((const unsigned char *)p, n, &chars);
@@ -272,7 +279,7 @@ static int norm_decimal(const es_column *c, const char *p, size_t n, es_buf *out
 {
     /* a column made in code without a precision gets the widest one */
     int prec = c->precision > 0 && c->precision <= DECIMAL_MAX_PRECISION ? c->precision
-                                                                          : DECIMAL_MAX_PRECISION;
+                                                                         : DECIMAL_MAX_PRECISION;
     int sc = c->scale > 0 ? (c->scale < prec ? c->scale : prec) : 0;
     const char *end = p + n;
     bool neg = false;
@@ -328,7 +335,8 @@ static int norm_boolean(const char *p, size_t n, es_buf *out, const char **probl
     for (size_t i = 0; i < n; i++)
         low[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]);
     low[n] = '\0';
-    static const char *const yes[] = {"true", "t", "yes", "1"}, *const no[] = {"false", "f", "no", "0"};
+    static const char *const yes[] = {"true", "t", "yes", "1"}, *const no[] = {"false", "f", "no",
+                                                                               "0"};
     for (size_t i = 0; i < ES_ARRAY_LEN(yes); i++) {
         if (strcmp(low, yes[i]) == 0) return es_buf_append(out, "true", 4);
         if (strcmp(low, no[i]) == 0) return es_buf_append(out, "false", 5);
@@ -542,7 +550,8 @@ int es_value_normalize(const es_column *c, const char *in, size_t len, es_buf *o
 
 /* ---------------------------------------------------------------- definitions */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err && errlen) {
@@ -584,8 +593,8 @@ static bool opt_bool(const json_t *o, const char *key, bool *out)
 
 static int column_from_json(const json_t *j, int i, es_column *c, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"name",  "header",    "type",     "required",   "precision",
-                                       "scale", "maxLength", "trim",     "nonNegative"};
+    static const char *const keys[] = {"name",  "header",    "type", "required",   "precision",
+                                       "scale", "maxLength", "trim", "nonNegative"};
     if (!json_is_object(j)) return fail(err, errlen, "columns[%d]: must be an object", i);
     const char *k;
     json_t *v;
@@ -598,10 +607,10 @@ static int column_from_json(const json_t *j, int i, es_column *c, char *err, siz
     const char *name = json_string_value(json_object_get(j, "name"));
     if (!name) return fail(err, errlen, "columns[%d].name: required, a string", i);
     if (!es_ident_valid(name))
-        return fail(err, errlen, "columns[%d].name: must match [a-z_][a-z0-9_]*, at most %d characters",
-                    i, ES_IDENT_MAX);
-    if (reserved(name))
-        return fail(err, errlen, "columns[%d].name: '%s' is reserved", i, name);
+        return fail(err, errlen,
+                    "columns[%d].name: must match [a-z_][a-z0-9_]*, at most %d characters", i,
+                    ES_IDENT_MAX);
+    if (reserved(name)) return fail(err, errlen, "columns[%d].name: '%s' is reserved", i, name);
     es_strlcpy(c->name, name, sizeof c->name);
 
     const json_t *h = json_object_get(j, "header");
@@ -613,7 +622,8 @@ static int column_from_json(const json_t *j, int i, es_column *c, char *err, siz
         if (hl == 0 || hl >= sizeof c->header)
             return fail(err, errlen, "columns[%d].header: 1 to %zu bytes", i, sizeof c->header - 1);
         /* headers are matched after trimming, so such a one could never match */
-        if (header[0] == ' ' || header[0] == '\t' || header[hl - 1] == ' ' || header[hl - 1] == '\t')
+        if (header[0] == ' ' || header[0] == '\t' || header[hl - 1] == ' ' ||
+            header[hl - 1] == '\t')
             return fail(err, errlen, "columns[%d].header: surrounding spaces", i);
         for (size_t b = 0; b < hl; b++)
             if ((unsigned char)header[b] < 0x20)
@@ -637,7 +647,8 @@ static int column_from_json(const json_t *j, int i, es_column *c, char *err, siz
     if (!opt_bool(j, "nonNegative", &c->nonneg))
         return fail(err, errlen, "columns[%d].nonNegative: must be true or false", i);
     if (json_object_get(j, "nonNegative") && !is_numeric(c->type))
-        return fail(err, errlen, "columns[%d].nonNegative: only for integer, bigint and decimal", i);
+        return fail(err, errlen, "columns[%d].nonNegative: only for integer, bigint and decimal",
+                    i);
 
     c->precision = c->scale = 0;
     if (c->type == ES_COL_DECIMAL) {
@@ -676,7 +687,8 @@ int es_dataset_from_json(const json_t *def, es_dataset *out, char *err, size_t e
     json_t *v;
     json_object_foreach((json_t *)def, k, v)
     {
-        if (!key_in(k, keys, ES_ARRAY_LEN(keys))) return fail(err, errlen, "%.64s: unknown field", k);
+        if (!key_in(k, keys, ES_ARRAY_LEN(keys)))
+            return fail(err, errlen, "%.64s: unknown field", k);
     }
 
     const char *name = json_string_value(json_object_get(def, "name"));
@@ -774,9 +786,15 @@ static int sql_type(const es_column *c, es_dialect dialect, char *buf, size_t n)
 {
     if (dialect == ES_DIALECT_PG) {
         static const char *const pg[] = {
-            [ES_COL_TEXT] = "text",        [ES_COL_INTEGER] = "integer", [ES_COL_BIGINT] = "bigint",
-            [ES_COL_DECIMAL] = "numeric",  [ES_COL_BOOLEAN] = "boolean", [ES_COL_DATE] = "date",
-            [ES_COL_TIMESTAMP] = "timestamptz", [ES_COL_UUID] = "uuid",  [ES_COL_EMAIL] = "text",
+            [ES_COL_TEXT] = "text",
+            [ES_COL_INTEGER] = "integer",
+            [ES_COL_BIGINT] = "bigint",
+            [ES_COL_DECIMAL] = "numeric",
+            [ES_COL_BOOLEAN] = "boolean",
+            [ES_COL_DATE] = "date",
+            [ES_COL_TIMESTAMP] = "timestamptz",
+            [ES_COL_UUID] = "uuid",
+            [ES_COL_EMAIL] = "text",
             [ES_COL_JSON] = "jsonb",
         };
         if ((unsigned)c->type >= ES_ARRAY_LEN(pg)) return ES_EINVAL;

@@ -96,11 +96,26 @@ static void test_text(void **state)
 
     /* invalid UTF-8: overlong forms, surrogates, past U+10FFFF, truncated */
     static const char *const invalid[] = {
-        "\xC0\xAF",         "\xC1\xBF",         "\xE0\x80\xAF",     "\xE0\x9F\xBF",
-        "\xF0\x80\x80\xAF", "\xF0\x8F\xBF\xBF", "\xED\xA0\x80",     "\xED\xBF\xBF",
-        "\xF4\x90\x80\x80", "\xF5\x80\x80\x80", "\xFF",             "\xFE",
-        "\x80",             "\xBF",             "\xC3",             "\xE2\x82",
-        "\xF0\x9F\x98",     "a\xC3(b",          "abc\xE2\x82(",     "\xF0\x9F\x98\x80\x80",
+        "\xC0\xAF",
+        "\xC1\xBF",
+        "\xE0\x80\xAF",
+        "\xE0\x9F\xBF",
+        "\xF0\x80\x80\xAF",
+        "\xF0\x8F\xBF\xBF",
+        "\xED\xA0\x80",
+        "\xED\xBF\xBF",
+        "\xF4\x90\x80\x80",
+        "\xF5\x80\x80\x80",
+        "\xFF",
+        "\xFE",
+        "\x80",
+        "\xBF",
+        "\xC3",
+        "\xE2\x82",
+        "\xF0\x9F\x98",
+        "a\xC3(b",
+        "abc\xE2\x82(",
+        "\xF0\x9F\x98\x80\x80",
     };
     for (size_t i = 0; i < ES_ARRAY_LEN(invalid); i++)
         BAD(&c, invalid[i], "not valid UTF-8");
@@ -179,8 +194,8 @@ static void test_integer(void **state)
     BAD(&c, "-2147483649", "out of range");
     BAD(&c, "99999999999999999999999", "out of range");
     BAD(&c, "99999999999999999999x", "not an integer");
-    static const char *const not_int[] = {"-", "+", "1.0", "1e3", "12a", "0x10", "--1", "+-1",
-                                          "1 2", "١٢", "1,000"};
+    static const char *const not_int[] = {"-",   "+",   "1.0", "1e3", "12a",  "0x10",
+                                          "--1", "+-1", "1 2", "١٢",  "1,000"};
     for (size_t i = 0; i < ES_ARRAY_LEN(not_int); i++)
         BAD(&c, not_int[i], "not an integer");
     c.nonneg = true;
@@ -222,8 +237,8 @@ static void test_decimal(void **state)
     BAD(&c, "1000000000000.00", "too many digits");
     BAD(&c, "1.234", "too many decimal places");
     BAD(&c, "0.001", "too many decimal places");
-    static const char *const not_dec[] = {"1.", ".", "-", "+", "-.", "1,00", "1e5", "12.3.4",
-                                          "--1", "1 000", "0x1", "R$ 10", "10-", "1.2a"};
+    static const char *const not_dec[] = {"1.",     ".",   "-",     "+",   "-.",    "1,00", "1e5",
+                                          "12.3.4", "--1", "1 000", "0x1", "R$ 10", "10-",  "1.2a"};
     for (size_t i = 0; i < ES_ARRAY_LEN(not_dec); i++)
         BAD(&c, not_dec[i], "not a decimal number");
     c.nonneg = true;
@@ -262,7 +277,8 @@ static void test_boolean(void **state)
         OK(&c, yes[i], "true");
     for (size_t i = 0; i < ES_ARRAY_LEN(no); i++)
         OK(&c, no[i], "false");
-    static const char *const bad[] = {"y", "n", "2", "-1", "tru", "truee", "on", "off", "01", "nope"};
+    static const char *const bad[] = {"y",     "n",  "2",   "-1", "tru",
+                                      "truee", "on", "off", "01", "nope"};
     for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++)
         BAD(&c, bad[i], "not a boolean");
     OK(&c, "", "\\N");
@@ -283,7 +299,7 @@ static void test_date(void **state)
         "2023-02-29", "1900-02-29", "2100-02-29", "2023-04-31", "2023-06-31",
         "2023-13-01", "2023-00-10", "2023-01-00", "2023-01-32", "0000-01-01",
         "2023-1-01",  "2023/01/01", "20230101",   "01-02-2023", "2023-01-01T00:00:00Z",
-        "2023-01-0a", "+023-01-01",  "2023-01-01x"};
+        "2023-01-0a", "+023-01-01", "2023-01-01x"};
     for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++)
         BAD(&c, bad[i], "not a valid date");
     c.required = true;
@@ -311,10 +327,16 @@ static void test_timestamp(void **state)
     OK(&c, "2024-01-01T12:00:00.000Z", "2024-01-01T12:00:00.000Z");
     BAD(&c, "9999-12-31T23:59:59-01:00", "timestamp out of range");
     BAD(&c, "0001-01-01T00:30:00+01:00", "timestamp out of range");
-    static const char *const bad[] = {"2024-01-01", "2024-01-01T12:00:00", "2023-02-29T00:00:00Z",
-                                      "2024-01-01T24:00:00Z", "2024-01-01T12:60:00Z",
-                                      "2024-01-01T12:00:00+24:00", "yesterday", "1704110400",
-                                      "2024-01-01T12:00:00Zjunk", "2024-01-01T12:00:00.Z"};
+    static const char *const bad[] = {"2024-01-01",
+                                      "2024-01-01T12:00:00",
+                                      "2023-02-29T00:00:00Z",
+                                      "2024-01-01T24:00:00Z",
+                                      "2024-01-01T12:60:00Z",
+                                      "2024-01-01T12:00:00+24:00",
+                                      "yesterday",
+                                      "1704110400",
+                                      "2024-01-01T12:00:00Zjunk",
+                                      "2024-01-01T12:00:00.Z"};
     for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++)
         BAD(&c, bad[i], "not a valid timestamp");
     char nul[] = "2024-01-01T12:00:00Z\0junk";
@@ -365,9 +387,25 @@ static void test_email(void **state)
     OK(&c, "o'brien!#$%&*/=?^_`{|}~@x.org", "o'brien!#$%&*/=?^_`{|}~@x.org");
     static const char *const bad[] = {
         "no-at-sign.example.com", /* the generator's at-less e-mail */
-        "@example.com", "a@", "a@b", "a@b@c.com", "a b@c.com", "a@c .com", "a@.com",
-        "a@com.", "a@b..com", "Ann <a@b.com>", "a,b@c.com", "a;b@c.com", "\"a\"@b.com",
-        "a\x01@b.com", "a@b.com\x7f", "a\xC3@b.com", "a@b_c.com", "a@[127.0.0.1]", "a@b.c/d",
+        "@example.com",
+        "a@",
+        "a@b",
+        "a@b@c.com",
+        "a b@c.com",
+        "a@c .com",
+        "a@.com",
+        "a@com.",
+        "a@b..com",
+        "Ann <a@b.com>",
+        "a,b@c.com",
+        "a;b@c.com",
+        "\"a\"@b.com",
+        "a\x01@b.com",
+        "a@b.com\x7f",
+        "a\xC3@b.com",
+        "a@b_c.com",
+        "a@[127.0.0.1]",
+        "a@b.c/d",
     };
     for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++)
         BAD(&c, bad[i], "not a valid e-mail address");
@@ -397,9 +435,9 @@ static void test_json(void **state)
      * does not end the string */
     OK(&c, "{\"k\": \"a\\\" b\\\\\"}", "{\"k\":\"a\\\\\" b\\\\\\\\\"}");
     OK(&c, "[\"tab\\t\"]", "[\"tab\\\\t\"]");
-    static const char *const bad[] = {"{", "[1,]", "{'a':1}", "\"\\u0000\"", "{\"a\":1} x", "nul",
-                                      "\"caf\xC3\"", "\"\\ud800\"", "[\"a\tb\"]", "01",
-                                      "{\"a\":1,\"a\":2}"};
+    static const char *const bad[] = {"{",           "[1,]", "{'a':1}",          "\"\\u0000\"",
+                                      "{\"a\":1} x", "nul",  "\"caf\xC3\"",      "\"\\ud800\"",
+                                      "[\"a\tb\"]",  "01",   "{\"a\":1,\"a\":2}"};
     for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++)
         BAD(&c, bad[i], "not valid JSON");
     char deep[200];
@@ -414,8 +452,8 @@ static void test_json(void **state)
 
 /* ---------------------------------------------------------------- debts */
 
-static const char *const debts_headers[] = {"name",        "governmentId", "email",
-                                            "debtAmount",  "debtDueDate",  "debtId"};
+static const char *const debts_headers[] = {"name",       "governmentId", "email",
+                                            "debtAmount", "debtDueDate",  "debtId"};
 
 /* Normalises a row of debts into a COPY line; ES_OK, or the column and
  * problem of the first rejected value. */
@@ -463,9 +501,8 @@ static void test_debts(void **state)
     es_buf_init(&b, 0);
     int col = -1;
     const char *problem = NULL;
-    const char *good[] = {"Elijah Santos",          "38472910233", "elijah.santos0@Example.com",
-                          "7811",                   "2023-05-17",
-                          "9A4E5C2B-1D3F-4E5A-8B6C-7D8E9F0A1B2C "};
+    const char *good[] = {"Elijah Santos", "38472910233", "elijah.santos0@Example.com",
+                          "7811",          "2023-05-17",  "9A4E5C2B-1D3F-4E5A-8B6C-7D8E9F0A1B2C "};
     assert_int_equal(debts_row(d, good, &b, &col, &problem), ES_OK);
     assert_string_equal(es_buf_cstr(&b), "Elijah Santos\t38472910233\telijah.santos0@example.com\t"
                                          "7811.00\t2023-05-17\t"
@@ -536,8 +573,8 @@ static void test_header_map(void **state)
         assert_int_equal(m.col_of[i], i);
 
     /* any order, surrounding spaces */
-    const char *shuffled[] = {" debtId", "email ", "name", "debtDueDate", "\tdebtAmount",
-                              "governmentId"};
+    const char *shuffled[] = {" debtId",     "email ",       "name",
+                              "debtDueDate", "\tdebtAmount", "governmentId"};
     assert_int_equal(map(d, shuffled, 6, &m, &p), ES_OK);
     static const int want[] = {5, 2, 0, 4, 3, 1};
     for (int i = 0; i < 6; i++)
@@ -549,8 +586,8 @@ static void test_header_map(void **state)
     json_decref(p);
 
     /* exact: a different case is another header */
-    const char *wrong[] = {"name", "governmentId", "email", "debtAmount", "debtDueDate", "DebtId",
-                           "extra", "name", ""};
+    const char *wrong[] = {"name",  "governmentId", "email", "debtAmount", "debtDueDate", "DebtId",
+                           "extra", "name",         ""};
     assert_int_equal(map(d, wrong, 9, &m, &p), ES_EINVAL);
     problems_are(p, "DebtId:unknown column;extra:unknown column;name:repeated column;"
                     ":empty header (field 9);debtId:missing column");
@@ -563,8 +600,8 @@ static void test_header_map(void **state)
 
     /* problems may be NULL; a header that is not UTF-8 is quoted as such */
     assert_int_equal(map(d, wrong, 9, &m, NULL), ES_EINVAL);
-    const char *odd[] = {"name", "governmentId", "email", "debtAmount", "debtDueDate", "debtId",
-                         "caf\xC3"};
+    const char *odd[] = {"name",        "governmentId", "email",  "debtAmount",
+                         "debtDueDate", "debtId",       "caf\xC3"};
     assert_int_equal(map(d, odd, 7, &m, &p), ES_EINVAL);
     problems_are(p, "(not valid UTF-8):unknown column");
     json_decref(p);
@@ -866,7 +903,8 @@ static void load_into(const char *url)
     for (int r = 0; r < 2; r++) {
         for (int i = 0; i < d.ncols; i++) {
             const char *problem = NULL;
-            int rc = es_value_normalize(&d.cols[i], rows[r][i], strlen(rows[r][i]), &data, &problem);
+            int rc =
+                es_value_normalize(&d.cols[i], rows[r][i], strlen(rows[r][i]), &data, &problem);
             if (rc != ES_OK) fail_msg("row %d col %d: %s", r, i, problem);
             es_buf_append(&data, "\t", 1);
         }
@@ -974,10 +1012,12 @@ static void gen_chunk(char *arena, const char *(*f)[6], size_t (*l)[6], int64_t 
         len[0] = snprintf(w, 100, "%s %s", fn, ln);
         w += len[0] + 1;
         start[1] = w;
-        len[1] = snprintf(w, 100, "%llu", (unsigned long long)(10000000000ull + rnd() % 90000000000ull));
+        len[1] =
+            snprintf(w, 100, "%llu", (unsigned long long)(10000000000ull + rnd() % 90000000000ull));
         w += len[1] + 1;
         start[2] = w;
-        len[2] = snprintf(w, 100, "%s.%s%lld@%s", fn, ln, (long long)(first + r), domains[rnd() % 3]);
+        len[2] =
+            snprintf(w, 100, "%s.%s%lld@%s", fn, ln, (long long)(first + r), domains[rnd() % 3]);
         w += len[2] + 1;
         start[3] = w;
         unsigned long long cents = 100000 + rnd() % 900000;
@@ -986,7 +1026,7 @@ static void gen_chunk(char *arena, const char *(*f)[6], size_t (*l)[6], int64_t 
         w += len[3] + 1;
         start[4] = w;
         len[4] = snprintf(w, 100, "%04d-%02d-%02d", 2022 + (int)(rnd() % 3), 1 + (int)(rnd() % 12),
-                         1 + (int)(rnd() % 28));
+                          1 + (int)(rnd() % 28));
         w += len[4] + 1;
         start[5] = w;
         for (int i = 0; i < 36; i++)
@@ -1028,8 +1068,8 @@ static void test_throughput(void **state)
             for (int i = 0; i < 6; i++) {
                 const char *problem;
                 if (es_value_normalize(&d->cols[i], f[r][i], l[r][i], &out, &problem) != ES_OK)
-                    fail_msg("row %lld col %d '%.*s': %s", (long long)(done + r), i,
-                             (int)l[r][i], f[r][i], problem);
+                    fail_msg("row %lld col %d '%.*s': %s", (long long)(done + r), i, (int)l[r][i],
+                             f[r][i], problem);
                 es_buf_append(&out, i == 5 ? "\n" : "\t", 1);
             }
         }
@@ -1037,9 +1077,10 @@ static void test_throughput(void **state)
         done += n;
     }
     bytes += (int64_t)out.len;
-    printf("# normalise: %lld debts rows x 6 columns in %.3f s: %.0f rows/s, %.1f MB of COPY text\n",
-           (long long)rows, (double)us / 1e6, us ? (double)rows * 1e6 / (double)us : 0.0,
-           (double)bytes / 1e6);
+    printf(
+        "# normalise: %lld debts rows x 6 columns in %.3f s: %.0f rows/s, %.1f MB of COPY text\n",
+        (long long)rows, (double)us / 1e6, us ? (double)rows * 1e6 / (double)us : 0.0,
+        (double)bytes / 1e6);
     assert_true(bytes > rows * 60);
     es_buf_finish(&out);
     free(arena);
@@ -1054,14 +1095,22 @@ int main(void)
     g_tmp = test_tmpdir("dataset");
     if (!g_tmp) return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text),        cmocka_unit_test(test_copy_escaping),
-        cmocka_unit_test(test_integer),     cmocka_unit_test(test_decimal),
-        cmocka_unit_test(test_boolean),     cmocka_unit_test(test_date),
-        cmocka_unit_test(test_timestamp),   cmocka_unit_test(test_uuid),
-        cmocka_unit_test(test_email),       cmocka_unit_test(test_json),
-        cmocka_unit_test(test_debts),       cmocka_unit_test(test_header_map),
-        cmocka_unit_test(test_from_json_errors), cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_ddl),         cmocka_unit_test(test_store_load),
+        cmocka_unit_test(test_text),
+        cmocka_unit_test(test_copy_escaping),
+        cmocka_unit_test(test_integer),
+        cmocka_unit_test(test_decimal),
+        cmocka_unit_test(test_boolean),
+        cmocka_unit_test(test_date),
+        cmocka_unit_test(test_timestamp),
+        cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_email),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_debts),
+        cmocka_unit_test(test_header_map),
+        cmocka_unit_test(test_from_json_errors),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_ddl),
+        cmocka_unit_test(test_store_load),
         cmocka_unit_test(test_throughput),
     };
     int failed = cmocka_run_group_tests_name("dataset", tests, NULL, NULL);
