@@ -32,14 +32,14 @@ const char *es_coltype_name(es_coltype t);
 int es_coltype_parse(const char *s); /* -1 when unknown */
 
 typedef struct es_column {
-    char name[ES_IDENT_MAX + 1];    /* column in the table: [a-z_][a-z0-9_]* */
-    char header[128];               /* CSV header that feeds it */
+    char name[ES_IDENT_MAX + 1]; /* column in the table: [a-z_][a-z0-9_]* */
+    char header[128];            /* CSV header that feeds it */
     es_coltype type;
-    int precision, scale;           /* decimal */
-    bool required;                  /* empty -> rejected (else NULL) */
-    bool trim;                      /* strip surrounding spaces (default true) */
-    int max_len;                    /* text: characters, 0 = unbounded */
-    bool nonneg;                    /* integer, bigint, decimal: negatives rejected */
+    int precision, scale; /* decimal */
+    bool required;        /* empty -> rejected (else NULL) */
+    bool trim;            /* strip surrounding spaces (default true) */
+    int max_len;          /* text: characters, 0 = unbounded */
+    bool nonneg;          /* integer, bigint, decimal: negatives rejected */
 } es_column;
 
 typedef struct es_dataset {
