@@ -3,9 +3,11 @@
 #ifndef ESTEIRA_UTIL_H
 #define ESTEIRA_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define ES_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define ES_UUID_LEN     36 /* without the NUL */
@@ -15,6 +17,10 @@ int64_t es_now_ms(void);  /* wall clock, ms since the epoch */
 int64_t es_mono_ms(void); /* monotonic, ms */
 int64_t es_mono_us(void);
 void es_sleep_ms(int64_t ms);
+/* Condition variables that time out on the monotonic clock (immune to wall
+ * clock steps), and the absolute deadline "ms from now" to wait for on them. */
+int es_cond_init(pthread_cond_t *cv);
+void es_deadline(struct timespec *ts, int64_t ms);
 /* "2026-11-22T10:00:00.123Z"; out must hold 25 bytes. */
 void es_time_iso(int64_t ms, char out[25]);
 /* Parses RFC 3339 / ISO 8601 ("2026-11-22T10:00:00Z", with optional fraction and

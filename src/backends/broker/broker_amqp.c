@@ -264,16 +264,6 @@ static struct timeval ms_tv(int64_t ms)
                             .tv_usec = (suseconds_t)(ms % 1000) * 1000};
 }
 
-static int cond_init_mono(pthread_cond_t *c)
-{
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0) return ES_ENOMEM;
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(c, &a);
-    pthread_condattr_destroy(&a);
-    return rc == 0 ? ES_OK : ES_ENOMEM;
-}
-
 static int reply_code_err(int code)
 {
     switch (code) {
@@ -1921,7 +1911,7 @@ static int ab_open(const char *url, const es_config *cfg, void **out)
     pthread_mutex_init(&b->decl_lock, NULL);
     pthread_mutex_init(&b->cons_lock, NULL);
     pthread_mutex_init(&b->keeper_lock, NULL);
-    if ((err = cond_init_mono(&b->keeper_cond))) {
+    if ((err = es_cond_init(&b->keeper_cond))) {
         pthread_cond_init(&b->keeper_cond, NULL); /* so that close can destroy it */
         goto fail;
     }

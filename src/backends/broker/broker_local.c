@@ -231,27 +231,6 @@ static void rollback_if_open(lq *q)
     if (!sqlite3_get_autocommit(q->db)) (void)step_done(q, ST_ROLLBACK, "rollback");
 }
 
-static void deadline_ts(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)(ms / 1000);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
-static int cond_init_mono(pthread_cond_t *c)
-{
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0) return ES_ENOMEM;
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(c, &a);
-    pthread_condattr_destroy(&a);
-    return rc == 0 ? ES_OK : ES_ENOMEM;
-}
-
 static int mkdir_p(const char *dir)
 {
     char path[PATH_MAX];
@@ -433,7 +412,7 @@ static void *keeper_main(void *arg)
     pthread_mutex_lock(&q->keeper_lock);
     while (!q->stopping) {
         struct timespec ts;
-        deadline_ts(&ts, RECLAIM_MS);
+        es_deadline(&ts, RECLAIM_MS);
         pthread_cond_timedwait(&q->keeper_cond, &q->keeper_lock, &ts);
         if (q->stopping) break;
         pthread_mutex_unlock(&q->keeper_lock);
@@ -545,7 +524,7 @@ static int lq_open(const char *url, const es_config *cfg, void **ctx)
     pthread_cond_init(&q->gc_cond, NULL);
     pthread_mutex_init(&q->wake_lock, NULL);
     pthread_mutex_init(&q->keeper_lock, NULL);
-    int err = cond_init_mono(&q->keeper_cond);
+    int err = es_cond_init(&q->keeper_cond);
     if (err) goto fail_locks;
     es_buf_init(&q->hdr, 0);
     q->sync_full = cfg && cfg->queue_sync != 0;
@@ -768,7 +747,7 @@ static int lq_consumer_open(void *ctx, const char *queue, int prefetch, void **o
     lq *q = ctx;
     lq_consumer *c = calloc(1, sizeof *c);
     if (!c) return ES_ENOMEM;
-    if (!(c->queue = strdup(queue)) || cond_init_mono(&c->cond) != ES_OK) {
+    if (!(c->queue = strdup(queue)) || es_cond_init(&c->cond) != ES_OK) {
         free(c->queue);
         free(c);
         return ES_ENOMEM;
@@ -945,7 +924,7 @@ static int lq_next(void *consumer, int timeout_ms, es_delivery *out)
             break;
         }
         struct timespec ts;
-        deadline_ts(&ts, deadline - now < POLL_MS ? deadline - now : POLL_MS);
+        es_deadline(&ts, deadline - now < POLL_MS ? deadline - now : POLL_MS);
         pthread_mutex_lock(&q->wake_lock);
         if (!c->woken) pthread_cond_timedwait(&c->cond, &q->wake_lock, &ts);
         c->woken = false;

@@ -1003,11 +1003,7 @@ static int local_open(const char *url, const es_config *cfg, void **ctx)
     pthread_mutex_init(&ks->mu, NULL);
     pthread_mutex_init(&ps->mu, NULL);
     pthread_cond_init(&ps->idle, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&ps->wake, &ca);
-    pthread_condattr_destroy(&ca);
+    es_cond_init(&ps->wake);
     int err = pthread_create(&ps->thread, NULL, dispatcher_main, l);
     if (err != 0) {
         es_error(COMP, "cannot start the local cache's thread: %s", strerror(err));

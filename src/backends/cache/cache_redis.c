@@ -220,26 +220,6 @@ static struct timeval tv_ms(int64_t ms)
                             .tv_usec = (suseconds_t)(ms % 1000) * 1000};
 }
 
-static void deadline_ts(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)(ms / 1000);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
-static void cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &ca);
-    pthread_condattr_destroy(&ca);
-}
-
 static char *dup_bytes(const char *s, size_t len)
 {
     char *d = malloc(len + 1);
@@ -520,7 +500,7 @@ static int pool_get(rcache *r, redisContext **out)
 {
     pool *p = &r->pool;
     struct timespec until;
-    deadline_ts(&until, POOL_WAIT_MS);
+    es_deadline(&until, POOL_WAIT_MS);
     pthread_mutex_lock(&p->mu);
     for (;;) {
         if (p->nidle > 0) {
@@ -1387,7 +1367,7 @@ static int redis_subscribe(void *ctx, const char *channel, es_cache_msg_fn fn, v
     *p = s;
     kick(ps);
     struct timespec until;
-    deadline_ts(&until, SUBSCRIBE_TIMEOUT_MS);
+    es_deadline(&until, SUBSCRIBE_TIMEOUT_MS);
     while (s->state != SUB_ACTIVE && !ps->stopping)
         if (pthread_cond_timedwait(&ps->ready, &ps->mu, &until) == ETIMEDOUT) break;
     if (s->state != SUB_ACTIVE) {
@@ -1497,11 +1477,11 @@ static int redis_open(const char *url, const es_config *cfg, void **ctx)
     if (rc != ES_OK) goto free_strings;
     pthread_mutex_init(&r->log_mu, NULL);
     pthread_mutex_init(&r->pool.mu, NULL);
-    cond_init_mono(&r->pool.cv);
+    es_cond_init(&r->pool.cv);
     pthread_mutex_init(&r->ps.mu, NULL);
     pthread_cond_init(&r->ps.wake, NULL);
     pthread_cond_init(&r->ps.idle, NULL);
-    cond_init_mono(&r->ps.ready);
+    es_cond_init(&r->ps.ready);
     r->ps.efd = -1;
     script_init(&r->lock_s, LOCK_LUA);
     script_init(&r->unlock_s, UNLOCK_LUA);

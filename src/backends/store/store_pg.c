@@ -507,12 +507,8 @@ static int pg_open(const char *url, const es_config *cfg, void **ctx)
     if (!s) return ES_ENOMEM;
     s->pool_max = POOL_DEFAULT;
     s->retry_ms = CONNECT_RETRY_MS;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    es_cond_init(&s->cv);
 
     int rc = parse_url(s, url);
     if (rc != ES_OK) goto fail_store;
@@ -530,17 +526,6 @@ static int pg_open(const char *url, const es_config *cfg, void **ctx)
 fail_store:
     pg_close(s);
     return rc;
-}
-
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
 }
 
 /* Gives up a pool slot whose connection is gone or was never made. */
@@ -574,7 +559,7 @@ static int acquire(pg_store *s, int64_t retry_ms, void **out)
             break;
         }
         if (!timed) {
-            deadline_after(&dl, ACQUIRE_WAIT_MS);
+            es_deadline(&dl, ACQUIRE_WAIT_MS);
             timed = true;
         }
         if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT && !s->idle &&

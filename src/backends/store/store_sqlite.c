@@ -346,10 +346,7 @@ static void *checkpointer_main(void *arg)
     pthread_mutex_lock(&s->ckpt_mu);
     while (!s->ckpt_stop) {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += CKPT_EVERY_MS % 1000 * 1000000L;
-        ts.tv_sec += CKPT_EVERY_MS / 1000 + ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
+        es_deadline(&ts, CKPT_EVERY_MS);
         pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
         if (s->ckpt_stop || __atomic_load_n(&s->wal_pages, __ATOMIC_RELAXED) == 0) continue;
         pthread_mutex_unlock(&s->ckpt_mu);
@@ -525,15 +522,11 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
     if (!s) return ES_ENOMEM;
     s->pool_max = POOL_DEFAULT;
     s->busy_ms = BUSY_MS_DEFAULT;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->writer_mu, NULL);
     pthread_mutex_init(&s->ckpt_mu, NULL);
-    pthread_cond_init(&s->ckpt_cv, &ca);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    es_cond_init(&s->ckpt_cv);
+    es_cond_init(&s->cv);
 
     int rc = parse_url(s, url);
     if (rc != ES_OK) goto fail_store;
@@ -558,17 +551,6 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
 fail_store:
     sq_close(s);
     return rc;
-}
-
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
 }
 
 static int sq_acquire(void *ctx, void **out)
@@ -604,7 +586,7 @@ static int sq_acquire(void *ctx, void **out)
             return ES_OK;
         }
         if (!timed) {
-            deadline_after(&dl, ACQUIRE_WAIT_MS);
+            es_deadline(&dl, ACQUIRE_WAIT_MS);
             timed = true;
         }
         if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT && !s->idle &&
