@@ -11,7 +11,7 @@
 static void test_concurrent_migrations(void **state)
 {
     (void)state;
-    es_log_set_level(ES_LOG_OFF);
+    es_log_set_level(getenv("ESTEIRA_TEST_LOG") ? ES_LOG_DEBUG : ES_LOG_OFF);
     char *dir = test_tmpdir("schema"), url[512];
     snprintf(url, sizeof url, "sqlite:%s/db", dir);
     enum { PROCS = 8 };

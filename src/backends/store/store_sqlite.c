@@ -380,7 +380,14 @@ static int conn_open(sq_store *s, sq_conn **out)
     sqlite3_extended_result_codes(c->db, 1);
     sqlite3_busy_timeout(c->db, s->busy_ms);
     char mode[16] = "";
-    rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", journal_cb, mode, NULL);
+    /* Switching a new database to WAL needs an exclusive lock, and SQLite
+     * answers BUSY at once instead of calling the busy handler: processes
+     * starting together on a fresh file retry within the busy timeout. */
+    int64_t give_up = es_mono_ms() + s->busy_ms;
+    while (((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", journal_cb, mode, NULL)) & 0xff) ==
+               SQLITE_BUSY &&
+           es_mono_ms() < give_up)
+        es_sleep_ms(5 + (int64_t)es_random_below(20));
     if (rc != SQLITE_OK) {
         fail(c->db, rc, "journal_mode", NULL);
         goto fail_conn;
