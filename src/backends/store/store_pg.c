@@ -37,6 +37,7 @@
 
 #include "esteira/err.h"
 #include "esteira/log.h"
+#include "esteira/pool.h"
 #include "esteira/store.h"
 #include "esteira/util.h"
 
@@ -68,8 +69,7 @@ typedef struct stmt_entry {
 typedef struct pg_conn {
     pg_store *s;
     PGconn *db;
-    bool broken;          /* saw a connection-level failure: drop on release */
-    struct pg_conn *next; /* in the idle list */
+    bool broken; /* saw a connection-level failure: drop on release */
     stmt_entry cache[STMT_CACHE];
     int ncached;
     uint64_t tick;
@@ -85,10 +85,7 @@ struct pg_store {
     char *shown;    /* the URL for logs: no password, no options */
     int pool_max;
     int64_t retry_ms;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pg_conn *idle;
-    int nidle, nopen; /* nopen counts connections being opened too */
+    es_pool pool;
 };
 
 /* ---- messages */
@@ -479,21 +476,14 @@ static void pg_close(void *ctx)
 {
     pg_store *s = ctx;
     if (!s) return;
-    pthread_mutex_lock(&s->mu);
-    if (s->nopen != s->nidle)
-        es_error(COMP, "postgres: closing with %d connection(s) still in use", s->nopen - s->nidle);
-    pg_conn *c = s->idle;
-    s->idle = NULL;
-    s->nopen -= s->nidle;
-    s->nidle = 0;
-    pthread_mutex_unlock(&s->mu);
-    while (c) {
-        pg_conn *next = c->next;
-        conn_close(c);
-        c = next;
+    if (s->pool.idle) {
+        int busy = es_pool_in_use(&s->pool);
+        if (busy) es_error(COMP, "postgres: closing with %d connection(s) still in use", busy);
+        pg_conn *c;
+        while ((c = es_pool_pop_idle(&s->pool)))
+            conn_close(c);
+        es_pool_finish(&s->pool);
     }
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
     free(s->conninfo);
     free(s->shown);
     free(s);
@@ -507,18 +497,22 @@ static int pg_open(const char *url, const es_config *cfg, void **ctx)
     if (!s) return ES_ENOMEM;
     s->pool_max = POOL_DEFAULT;
     s->retry_ms = CONNECT_RETRY_MS;
-    pthread_mutex_init(&s->mu, NULL);
-    es_cond_init(&s->cv);
 
     int rc = parse_url(s, url);
     if (rc != ES_OK) goto fail_store;
     /* One connection now: a wrong password or database fails here rather
      * than at the first query. */
+    rc = es_pool_init(&s->pool, s->pool_max);
+    if (rc != ES_OK) goto fail_store;
+    void *slot;
+    es_pool_take(&s->pool, 0, &slot); /* an empty pool has room */
     pg_conn *c;
     rc = conn_open(s, s->retry_ms, &c);
-    if (rc != ES_OK) goto fail_store;
-    s->idle = c;
-    s->nidle = s->nopen = 1;
+    if (rc != ES_OK) {
+        es_pool_drop(&s->pool);
+        goto fail_store;
+    }
+    es_pool_put(&s->pool, c);
     es_debug(COMP, "postgres %s: open, pool of %d", s->shown, s->pool_max);
     *ctx = s;
     return ES_OK;
@@ -528,49 +522,18 @@ fail_store:
     return rc;
 }
 
-/* Gives up a pool slot whose connection is gone or was never made. */
-static void slot_free(pg_store *s)
-{
-    pthread_mutex_lock(&s->mu);
-    s->nopen--;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
-
 /* A pooled connection, or a new one (retried up to retry_ms) when the pool
  * has room. */
 static int acquire(pg_store *s, int64_t retry_ms, void **out)
 {
     *out = NULL;
-    struct timespec dl;
-    bool timed = false;
-    pg_conn *c = NULL;
-    pthread_mutex_lock(&s->mu);
-    for (;;) {
-        if (s->idle) {
-            c = s->idle; /* the most recently used: its caches are warm */
-            s->idle = c->next;
-            s->nidle--;
-            c->next = NULL;
-            break;
-        }
-        if (s->nopen < s->pool_max) {
-            s->nopen++; /* the slot is ours while we connect, outside the lock */
-            break;
-        }
-        if (!timed) {
-            es_deadline(&dl, ACQUIRE_WAIT_MS);
-            timed = true;
-        }
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT && !s->idle &&
-            s->nopen >= s->pool_max) {
-            pthread_mutex_unlock(&s->mu);
-            es_warn(COMP, "postgres: no free connection after %d ms (pool of %d)", ACQUIRE_WAIT_MS,
-                    s->pool_max);
-            return ES_EAGAIN;
-        }
+    void *idle;
+    if (es_pool_take(&s->pool, ACQUIRE_WAIT_MS, &idle) != ES_OK) {
+        es_warn(COMP, "postgres: no free connection after %d ms (pool of %d)", ACQUIRE_WAIT_MS,
+                s->pool_max);
+        return ES_EAGAIN;
     }
-    pthread_mutex_unlock(&s->mu);
+    pg_conn *c = idle; /* the most recently used: its caches are warm */
     if (c && !conn_alive(c)) {
         es_info(COMP, "postgres %s: a pooled connection was closed by the server; reconnecting",
                 s->shown);
@@ -580,7 +543,7 @@ static int acquire(pg_store *s, int64_t retry_ms, void **out)
     if (!c) {
         int rc = conn_open(s, retry_ms, &c);
         if (rc != ES_OK) {
-            slot_free(s);
+            es_pool_drop(&s->pool);
             return rc;
         }
     }
@@ -614,15 +577,10 @@ static void pg_release(void *ctx, void *conn, bool broken)
     }
     if (broken) {
         conn_close(c);
-        slot_free(s);
+        es_pool_drop(&s->pool);
         return;
     }
-    pthread_mutex_lock(&s->mu);
-    c->next = s->idle;
-    s->idle = c;
-    s->nidle++;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    es_pool_put(&s->pool, c);
 }
 
 /* ---- statements */

@@ -34,6 +34,7 @@
 
 #include "esteira/err.h"
 #include "esteira/log.h"
+#include "esteira/pool.h"
 #include "esteira/store.h"
 #include "esteira/util.h"
 
@@ -59,7 +60,6 @@ typedef struct sq_conn {
     sq_store *s;
     bool writer; /* holds s->writer_mu */
     sqlite3 *db;
-    struct sq_conn *next; /* in the idle list */
     stmt_entry cache[STMT_CACHE];
     int ncached;
     uint64_t tick;
@@ -84,9 +84,7 @@ struct sq_store {
     int wal_pages; /* WAL size after the last commit, from the WAL hook */
     pthread_mutex_t ckpt_mu;
     pthread_cond_t ckpt_cv;
-    pthread_cond_t cv;
-    sq_conn *idle;
-    int nidle, nopen;
+    es_pool pool;
 };
 
 /* ---- errors */
@@ -499,21 +497,14 @@ static void sq_close(void *ctx)
         pthread_mutex_unlock(&s->ckpt_mu);
         pthread_join(s->ckpt_thread, NULL);
     }
-    pthread_mutex_lock(&s->mu);
-    if (s->nopen != s->nidle)
-        es_error(COMP, "sqlite: closing with %d connection(s) still in use", s->nopen - s->nidle);
-    sq_conn *c = s->idle;
-    s->idle = NULL;
-    s->nopen -= s->nidle;
-    s->nidle = 0;
-    pthread_mutex_unlock(&s->mu);
-    while (c) {
-        sq_conn *next = c->next;
-        conn_close(c);
-        c = next;
+    if (s->pool.idle) {
+        int busy = es_pool_in_use(&s->pool);
+        if (busy) es_error(COMP, "sqlite: closing with %d connection(s) still in use", busy);
+        sq_conn *c;
+        while ((c = es_pool_pop_idle(&s->pool)))
+            conn_close(c);
+        es_pool_finish(&s->pool);
     }
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->writer_mu);
     pthread_mutex_destroy(&s->ckpt_mu);
     pthread_cond_destroy(&s->ckpt_cv);
@@ -529,11 +520,9 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
     if (!s) return ES_ENOMEM;
     s->pool_max = POOL_DEFAULT;
     s->busy_ms = BUSY_MS_DEFAULT;
-    pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->writer_mu, NULL);
     pthread_mutex_init(&s->ckpt_mu, NULL);
     es_cond_init(&s->ckpt_cv);
-    es_cond_init(&s->cv);
 
     int rc = parse_url(s, url);
     if (rc != ES_OK) goto fail_store;
@@ -542,11 +531,17 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
     /* One connection now: a bad path or a file that is not a database fails
      * here rather than at the first query, and WAL is switched on before
      * several connections race to do it. */
+    rc = es_pool_init(&s->pool, s->pool_max);
+    if (rc != ES_OK) goto fail_store;
+    void *slot;
+    es_pool_take(&s->pool, 0, &slot); /* an empty pool has room */
     sq_conn *c;
     rc = conn_open(s, &c);
-    if (rc != ES_OK) goto fail_store;
-    s->idle = c;
-    s->nidle = s->nopen = 1;
+    if (rc != ES_OK) {
+        es_pool_drop(&s->pool);
+        goto fail_store;
+    }
+    es_pool_put(&s->pool, c);
     if (pthread_create(&s->ckpt_thread, NULL, checkpointer_main, s) == 0)
         s->ckpt_started = true;
     else
@@ -563,47 +558,25 @@ fail_store:
 static int sq_acquire(void *ctx, void **out)
 {
     sq_store *s = ctx;
+    void *idle;
     *out = NULL;
-    struct timespec dl;
-    bool timed = false;
-    pthread_mutex_lock(&s->mu);
-    for (;;) {
-        if (s->idle) {
-            sq_conn *c = s->idle;
-            s->idle = c->next;
-            s->nidle--;
-            pthread_mutex_unlock(&s->mu);
-            c->next = NULL;
-            *out = c;
-            return ES_OK;
-        }
-        if (s->nopen < s->pool_max) {
-            s->nopen++;
-            pthread_mutex_unlock(&s->mu);
-            sq_conn *c;
-            int rc = conn_open(s, &c);
-            if (rc != ES_OK) {
-                pthread_mutex_lock(&s->mu);
-                s->nopen--;
-                pthread_cond_signal(&s->cv);
-                pthread_mutex_unlock(&s->mu);
-                return rc;
-            }
-            *out = c;
-            return ES_OK;
-        }
-        if (!timed) {
-            es_deadline(&dl, ACQUIRE_WAIT_MS);
-            timed = true;
-        }
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT && !s->idle &&
-            s->nopen >= s->pool_max) {
-            pthread_mutex_unlock(&s->mu);
-            es_warn(COMP, "sqlite: no free connection after %d ms (pool of %d)", ACQUIRE_WAIT_MS,
-                    s->pool_max);
-            return ES_EAGAIN;
-        }
+    if (es_pool_take(&s->pool, ACQUIRE_WAIT_MS, &idle) != ES_OK) {
+        es_warn(COMP, "sqlite: no free connection after %d ms (pool of %d)", ACQUIRE_WAIT_MS,
+                s->pool_max);
+        return ES_EAGAIN;
     }
+    if (idle) {
+        *out = idle;
+        return ES_OK;
+    }
+    sq_conn *c;
+    int rc = conn_open(s, &c);
+    if (rc != ES_OK) {
+        es_pool_drop(&s->pool);
+        return rc;
+    }
+    *out = c;
+    return ES_OK;
 }
 
 static void sq_release(void *ctx, void *conn, bool broken)
@@ -622,18 +595,10 @@ static void sq_release(void *ctx, void *conn, bool broken)
     }
     if (broken) {
         conn_close(c); /* closing rolls back whatever was open */
-        pthread_mutex_lock(&s->mu);
-        s->nopen--;
-        pthread_cond_signal(&s->cv);
-        pthread_mutex_unlock(&s->mu);
+        es_pool_drop(&s->pool);
         return;
     }
-    pthread_mutex_lock(&s->mu);
-    c->next = s->idle;
-    s->idle = c;
-    s->nidle++;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    es_pool_put(&s->pool, c);
 }
 
 /* ---- statements */
