@@ -68,6 +68,9 @@ static const migration migrations[] = {
      " last_used_ms bigint,"
      " revoked_ms bigint);",
      NULL, NULL},
+    /* each claim writes its own token, so the claimer can hand over exactly
+     * that claim when it cannot finish it (see abandon() in src/jobs/engine.c) */
+    {3, "job_lease_owner", "ALTER TABLE jobs ADD COLUMN lease_owner text", NULL, NULL},
 };
 
 static int max_version(es_store_conn *c, int64_t *out)

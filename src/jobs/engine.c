@@ -852,30 +852,33 @@ static void give_back(es_engine *e, const es_job *j)
 
 typedef enum { CLAIMED, SKIP_ACK, SKIP_LATER, CLAIM_FAILED } claim_result;
 
+/* Claims the job of d under a fresh token (written as lease_owner). */
 static claim_result claim(es_engine *e, kind_rt *k, const es_delivery *d, es_job *j,
-                          int64_t *later_ms)
+                          const char *token, int64_t *later_ms)
 {
     char now_s[24], lease_s[24];
     int64_t now = es_now_ms();
-    /* a "reclaim" header names the attempt its worker ran but could not
-     * record (see abandon()): that attempt may be taken over at once */
+    /* a "reclaim" header names a claim its worker gave up (see abandon()):
+     * that claim may be taken over at once */
     const char *reclaim = es_delivery_header(d, "reclaim");
-    int64_t reclaim_n = -1;
-    if (reclaim && es_parse_i64(reclaim, 1, 1000, &reclaim_n)) reclaim_n = -1;
-    char reclaim_s[24];
-    const char *p[] = {d->body, I64(lease_s, now + e->cfg->job_timeout_ms), I64(now_s, now),
-                       d->redelivered ? "1" : "0", I64(reclaim_s, reclaim_n)};
+    const char *p[] = {d->body,
+                       I64(lease_s, now + e->cfg->job_timeout_ms),
+                       I64(now_s, now),
+                       d->redelivered ? "1" : "0",
+                       reclaim ? reclaim : "",
+                       token};
     es_store_conn *c = NULL;
     es_rows *r = NULL;
     if (es_store_acquire(e->store, &c)) return CLAIM_FAILED;
     int rc = es_store_begin(c);
     if (!rc)
-        rc = es_store_exec(c,
-                           "UPDATE jobs SET status = 'processing', attempts = attempts + 1,"
-                           " lease_until = $2, updated_ms = $3 WHERE id = $1 AND"
-                           " (status IN ('queued', 'error') OR (status = 'processing' AND"
-                           " (lease_until < $3 OR $4 = '1' OR attempts = $5))) RETURNING " JOB_COLS,
-                           5, p, &r);
+        rc = es_store_exec(
+            c,
+            "UPDATE jobs SET status = 'processing', attempts = attempts + 1,"
+            " lease_until = $2, lease_owner = $6, updated_ms = $3 WHERE id = $1 AND"
+            " (status IN ('queued', 'error') OR (status = 'processing' AND"
+            " (lease_until < $3 OR $4 = '1' OR lease_owner = $5))) RETURNING " JOB_COLS,
+            6, p, &r);
     if (!rc && es_rows_count(r) == 1) {
         row_to_job(r, 0, j);
         rc = add_event(c, j->id, "processing", j->attempts, NULL, NULL, -1, now);
@@ -924,22 +927,23 @@ static void observe(const char *metric, const char *kind, double seconds)
     es_metric_observe(metric, labels, seconds);
 }
 
-/* The handler ran but its outcome could not be written (the store went away).
- * The job stays `processing` under this worker's lease; rather than let the
- * next delivery wait for the lease to end, send a new message naming the
- * attempt as abandoned ("reclaim"), which a claim may take over at once, and
- * ack this one.  Without the broker either, hand the message back: the lease
- * then ends the wait. */
+/* This worker gives up a claim it made (or may have made: a claim whose
+ * COMMIT failed is unknown), because the store went away - before the handler
+ * ran, or after it, when its outcome could not be written.  Rather than let the
+ * next delivery wait for the claim's lease to end, send a new message naming
+ * the claim's token ("reclaim"), which a claim may take over at once, and ack
+ * this one.  Without the broker either, hand the message back: the lease then
+ * ends the wait. */
 static void abandon(es_engine *e, kind_rt *k, es_consumer *cons, const es_delivery *d,
-                    const es_job *j)
+                    const char *token)
 {
-    char attempt[16], enq[24];
-    es_kv h[] = {{"jobId", (char *)j->id},
-                 {"reclaim", I64(attempt, j->attempts)},
+    char enq[24];
+    es_kv h[] = {{"jobId", (char *)d->body},
+                 {"reclaim", (char *)token},
                  {"enqueuedMs", I64(enq, es_now_ms())}};
     es_msg m = {.queue = k->queue,
-                .body = j->id,
-                .len = strlen(j->id),
+                .body = d->body,
+                .len = d->len,
                 .headers = h,
                 .nheaders = (int)ES_ARRAY_LEN(h),
                 .attempts = d->attempts,
@@ -959,10 +963,13 @@ static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
     }
     es_job_ctx ctx = {.e = e, .kind = k};
     int64_t later = 0;
-    switch (claim(e, k, d, &ctx.job, &later)) {
+    char token[ES_UUID_LEN + 1];
+    es_uuid7(token);
+    switch (claim(e, k, d, &ctx.job, token, &later)) {
     case CLAIM_FAILED:
-        /* the store is unreachable: hand the message back for later */
-        es_consumer_retry(cons, d, k->base_ms);
+        /* the store is unreachable, and the claim may or may not have been
+         * committed: hand it over by its token */
+        abandon(e, k, cons, d, token);
         es_sleep_ms(100);
         return;
     case SKIP_ACK: es_consumer_ack(cons, d); return;
@@ -999,7 +1006,7 @@ static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
             es_consumer_ack(cons, d);
         } else {
             es_warn("jobs", "could not record job %s as done: %s", ctx.job.id, es_strerror(rc));
-            abandon(e, k, cons, d, &ctx.job);
+            abandon(e, k, cons, d, token);
         }
     } else if (rc == ES_ECANCELED && atomic_load(&e->stopping) && !ctx.error_type) {
         end_handler_tx(&ctx, false);
@@ -1013,7 +1020,7 @@ static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
         if (wrc) {
             es_warn("jobs", "could not record the failure of job %s: %s", ctx.job.id,
                     es_strerror(wrc));
-            abandon(e, k, cons, d, &ctx.job);
+            abandon(e, k, cons, d, token);
         } else if (dead) {
             es_warn("jobs", "job %s is dead after %d attempts: %s: %s", ctx.job.id,
                     ctx.job.attempts, ctx.error_type, ctx.error_message);

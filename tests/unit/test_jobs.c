@@ -289,26 +289,26 @@ static void test_crash_looping_job_ends_dead(void **state)
     assert_int_equal(count(f, "SELECT COUNT(*) FROM noop_effects WHERE job_id = $1", id), 0);
 }
 
-/* A job left `processing` under a live lease by a worker that could not record
- * its outcome: a message naming that attempt ("reclaim") takes it over at
- * once; one naming an older attempt does not. */
+/* A job left `processing` under a live lease by a worker that gave its claim
+ * up: a message naming that claim's token ("reclaim") takes it over at once;
+ * one naming another token does not. */
 static void test_abandoned_attempt_is_reclaimed(void **state)
 {
     fixture *f = *state;
     char ids[2][ES_UUID_LEN + 1], now[24], lease[24];
     snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
     snprintf(lease, sizeof lease, "%lld", (long long)(es_now_ms() + 3600 * 1000));
-    const char *reclaim[2] = {"2", "1"};
+    const char *owner[2] = {"claim-a", "claim-b"}, *reclaim[2] = {"claim-a", "claim-x"};
     for (int i = 0; i < 2; i++) {
         es_uuid7(ids[i]);
-        const char *p[] = {ids[i], now, lease};
+        const char *p[] = {ids[i], now, lease, owner[i]};
         assert_int_equal(
             es_store_exec1(f->app->store,
                            "INSERT INTO jobs (id, tenant, kind, status, attempts,"
-                           " max_attempts, payload, published, lease_until, created_ms,"
-                           " updated_ms) VALUES ($1, 't1', 'noop', 'processing', 2, 5,"
-                           " '{}', 1, $3, $2, $2)",
-                           3, p, NULL),
+                           " max_attempts, payload, published, lease_until, lease_owner,"
+                           " created_ms, updated_ms) VALUES ($1, 't1', 'noop', 'processing',"
+                           " 2, 5, '{}', 1, $3, $4, $2, $2)",
+                           4, p, NULL),
             ES_OK);
         es_kv h[] = {{"jobId", ids[i]}, {"reclaim", (char *)reclaim[i]}};
         es_msg m = {.queue = "jobs.noop",
