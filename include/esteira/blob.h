@@ -44,7 +44,10 @@ typedef struct es_blob_ops {
     int (*write)(void *w, const void *data, size_t len);
     int (*commit)(void *w); /* makes the object visible; frees w */
     void (*abort)(void *w); /* discards; frees w */
-    int (*get)(void *ctx, const char *key, int64_t offset, es_blob_sink sink, void *arg);
+    /* len < 0: to the end; else at most len bytes (a hint: the sink is cut
+     * at len by es_blob_get_range whatever the backend sends) */
+    int (*get)(void *ctx, const char *key, int64_t offset, int64_t len, es_blob_sink sink,
+               void *arg);
     int (*head)(void *ctx, const char *key, es_blob_info *info);
     int (*del)(void *ctx, const char *key); /* ES_OK also when it did not exist */
     int (*list)(void *ctx, const char *prefix, es_blob_each each, void *arg);
@@ -70,6 +73,9 @@ void es_blob_abort(es_blob_writer *w); /* NULL is a no-op */
 int es_blob_put(es_blob *b, const char *key, const char *content_type, const void *data,
                 size_t len); /* writer_open + write + commit */
 int es_blob_get(es_blob *b, const char *key, int64_t offset, es_blob_sink sink, void *arg);
+/* Bytes [offset, offset + len) (fewer when the object ends first). */
+int es_blob_get_range(es_blob *b, const char *key, int64_t offset, int64_t len, es_blob_sink sink,
+                      void *arg);
 int es_blob_head(es_blob *b, const char *key, es_blob_info *info);
 int es_blob_del(es_blob *b, const char *key);
 int es_blob_list(es_blob *b, const char *prefix, es_blob_each each, void *arg);

@@ -71,6 +71,58 @@ static const migration migrations[] = {
     /* each claim writes its own token, so the claimer can hand over exactly
      * that claim when it cannot finish it (see abandon() in src/jobs/engine.c) */
     {3, "job_lease_owner", "ALTER TABLE jobs ADD COLUMN lease_owner text", NULL, NULL},
+    /* CSV uploads (src/pipeline/upload.c): the upload with its counters, the
+     * batch ledger (a batch's rows, its ledger row and the counters commit in
+     * one transaction, so a batch counts once), the rejected values, and the
+     * datasets defined over the API */
+    {4, "uploads",
+     "CREATE TABLE uploads ("
+     " id text PRIMARY KEY,"
+     " tenant text NOT NULL,"
+     " dataset text NOT NULL,"
+     " status text NOT NULL,"
+     " filename text,"
+     " header text,"
+     " error text,"
+     " idempotency_key text,"
+     " bytes bigint NOT NULL DEFAULT 0,"
+     " rows_total bigint NOT NULL DEFAULT 0,"
+     " rows_inserted bigint NOT NULL DEFAULT 0,"
+     " rows_duplicate bigint NOT NULL DEFAULT 0,"
+     " rows_rejected bigint NOT NULL DEFAULT 0,"
+     " batches_total integer NOT NULL DEFAULT 0,"
+     " batches_done integer NOT NULL DEFAULT 0,"
+     " batches_failed integer NOT NULL DEFAULT 0,"
+     " created_ms bigint NOT NULL,"
+     " started_ms bigint,"
+     " finished_ms bigint,"
+     " updated_ms bigint NOT NULL);"
+     "CREATE UNIQUE INDEX uploads_idem ON uploads (tenant, idempotency_key)"
+     " WHERE idempotency_key IS NOT NULL;"
+     "CREATE INDEX uploads_tenant ON uploads (tenant, id);"
+     "CREATE INDEX uploads_receiving ON uploads (updated_ms) WHERE status = 'receiving';"
+     "CREATE TABLE upload_batches ("
+     " upload_id text NOT NULL,"
+     " seq integer NOT NULL,"
+     " job_id text,"
+     " rows integer NOT NULL,"
+     " inserted integer NOT NULL,"
+     " duplicate integer NOT NULL,"
+     " rejected integer NOT NULL,"
+     " done_ms bigint NOT NULL,"
+     " PRIMARY KEY (upload_id, seq));"
+     "CREATE TABLE upload_rejects ("
+     " upload_id text NOT NULL,"
+     " line bigint NOT NULL,"
+     " col text NOT NULL,"
+     " reason text NOT NULL,"
+     " raw text);"
+     "CREATE INDEX upload_rejects_upload ON upload_rejects (upload_id, line);"
+     "CREATE TABLE datasets ("
+     " name text PRIMARY KEY,"
+     " definition text NOT NULL,"
+     " created_ms bigint NOT NULL);",
+     NULL, NULL},
 };
 
 static int max_version(es_store_conn *c, int64_t *out)

@@ -830,7 +830,10 @@ int es_dataset_ddl(const es_dataset *d, es_dialect dialect, es_buf *out)
         es_warn(COMP, "ddl: dataset '%s' is not well formed", d->name);
         return ES_EINVAL;
     }
-    int rc = es_buf_printf(out, "CREATE TABLE IF NOT EXISTS %s (", d->table);
+    /* every row belongs to a tenant: the key is unique per tenant */
+    int rc =
+        es_buf_printf(out, "CREATE TABLE IF NOT EXISTS %s (tenant %s NOT NULL DEFAULT 'default', ",
+                      d->table, dialect == ES_DIALECT_PG ? "text" : "TEXT");
     for (int i = 0; rc == ES_OK && i < d->ncols; i++) {
         const es_column *c = &d->cols[i];
         char type[32];
@@ -838,13 +841,14 @@ int es_dataset_ddl(const es_dataset *d, es_dialect dialect, es_buf *out)
             es_warn(COMP, "ddl: dataset '%s': column %d is not well formed", d->name, i);
             return ES_EINVAL;
         }
-        rc = es_buf_printf(out, "%s %s%s%s, ", c->name, type,
-                           c->required || i == d->key ? " NOT NULL" : "",
-                           i == d->key ? " PRIMARY KEY" : "");
+        rc = es_buf_printf(out, "%s %s%s, ", c->name, type,
+                           c->required || i == d->key ? " NOT NULL" : "");
     }
     if (rc == ES_OK)
-        rc = es_buf_puts(out, dialect == ES_DIALECT_PG ? "upload_id text, line bigint)"
-                                                       : "upload_id TEXT, line INTEGER)");
+        rc = es_buf_printf(out, "%s, PRIMARY KEY (tenant, %s))",
+                           dialect == ES_DIALECT_PG ? "upload_id text, line bigint"
+                                                    : "upload_id TEXT, line INTEGER",
+                           d->cols[d->key].name);
     return rc;
 }
 

@@ -824,18 +824,24 @@ static void test_ddl(void **state)
     es_buf b;
     es_buf_init(&b, 0);
     assert_int_equal(es_dataset_ddl(d, ES_DIALECT_PG, &b), ES_OK);
-    assert_string_equal(es_buf_cstr(&b),
-                        "CREATE TABLE IF NOT EXISTS ds_debts (name text NOT NULL, "
-                        "government_id text NOT NULL, email text NOT NULL, "
-                        "debt_amount numeric(14,2) NOT NULL, debt_due_date date NOT NULL, "
-                        "debt_id uuid NOT NULL PRIMARY KEY, upload_id text, line bigint)");
+    assert_string_equal(
+        es_buf_cstr(&b),
+        "CREATE TABLE IF NOT EXISTS ds_debts (tenant text NOT NULL DEFAULT 'default', "
+        "name text NOT NULL, "
+        "government_id text NOT NULL, email text NOT NULL, "
+        "debt_amount numeric(14,2) NOT NULL, debt_due_date date NOT NULL, "
+        "debt_id uuid NOT NULL, upload_id text, line bigint, "
+        "PRIMARY KEY (tenant, debt_id))");
     es_buf_reset(&b);
     assert_int_equal(es_dataset_ddl(d, ES_DIALECT_SQLITE, &b), ES_OK);
-    assert_string_equal(es_buf_cstr(&b),
-                        "CREATE TABLE IF NOT EXISTS ds_debts (name TEXT NOT NULL, "
-                        "government_id TEXT NOT NULL, email TEXT NOT NULL, "
-                        "debt_amount NUMERIC NOT NULL, debt_due_date TEXT NOT NULL, "
-                        "debt_id TEXT NOT NULL PRIMARY KEY, upload_id TEXT, line INTEGER)");
+    assert_string_equal(
+        es_buf_cstr(&b),
+        "CREATE TABLE IF NOT EXISTS ds_debts (tenant TEXT NOT NULL DEFAULT 'default', "
+        "name TEXT NOT NULL, "
+        "government_id TEXT NOT NULL, email TEXT NOT NULL, "
+        "debt_amount NUMERIC NOT NULL, debt_due_date TEXT NOT NULL, "
+        "debt_id TEXT NOT NULL, upload_id TEXT, line INTEGER, "
+        "PRIMARY KEY (tenant, debt_id))");
 
     es_dataset e;
     char err[256];
@@ -843,17 +849,19 @@ static void test_ddl(void **state)
     es_buf_reset(&b);
     assert_int_equal(es_dataset_ddl(&e, ES_DIALECT_PG, &b), ES_OK);
     assert_string_equal(es_buf_cstr(&b),
-                        "CREATE TABLE IF NOT EXISTS ds_everything (label text, qty integer, "
+                        "CREATE TABLE IF NOT EXISTS ds_everything (tenant text NOT NULL DEFAULT "
+                        "'default', label text, qty integer, "
                         "big bigint, price numeric(10,3), active boolean, day date, "
-                        "at timestamptz, ref uuid NOT NULL PRIMARY KEY, mail text, extra jsonb, "
-                        "upload_id text, line bigint)");
+                        "at timestamptz, ref uuid NOT NULL, mail text, extra jsonb, "
+                        "upload_id text, line bigint, PRIMARY KEY (tenant, ref))");
     es_buf_reset(&b);
     assert_int_equal(es_dataset_ddl(&e, ES_DIALECT_SQLITE, &b), ES_OK);
     assert_string_equal(es_buf_cstr(&b),
-                        "CREATE TABLE IF NOT EXISTS ds_everything (label TEXT, qty INTEGER, "
+                        "CREATE TABLE IF NOT EXISTS ds_everything (tenant TEXT NOT NULL DEFAULT "
+                        "'default', label TEXT, qty INTEGER, "
                         "big INTEGER, price NUMERIC, active TEXT, day TEXT, at TEXT, "
-                        "ref TEXT NOT NULL PRIMARY KEY, mail TEXT, extra TEXT, "
-                        "upload_id TEXT, line INTEGER)");
+                        "ref TEXT NOT NULL, mail TEXT, extra TEXT, "
+                        "upload_id TEXT, line INTEGER, PRIMARY KEY (tenant, ref))");
 
     e.key = 10; /* not a column */
     es_buf_reset(&b);

@@ -189,7 +189,36 @@ int es_blob_get(es_blob *b, const char *key, int64_t offset, es_blob_sink sink, 
 {
     if (!b || !sink || offset < 0) return ES_EINVAL;
     if (!es_blob_key_valid(key)) return bad_key("key", key);
-    return b->ops->get(b->ctx, key, offset, sink, arg);
+    return b->ops->get(b->ctx, key, offset, -1, sink, arg);
+}
+
+typedef struct range_sink {
+    es_blob_sink sink;
+    void *arg;
+    int64_t left;
+} range_sink;
+
+#define RANGE_FULL 0x52414e47 /* "RANG": the range is complete (not an error) */
+
+static int range_cut(void *arg, const void *data, size_t len)
+{
+    range_sink *r = arg;
+    if ((uint64_t)len > (uint64_t)r->left) len = (size_t)r->left;
+    int rc = len ? r->sink(r->arg, data, len) : 0;
+    r->left -= (int64_t)len;
+    if (rc) return rc;
+    return r->left == 0 ? RANGE_FULL : 0;
+}
+
+int es_blob_get_range(es_blob *b, const char *key, int64_t offset, int64_t len, es_blob_sink sink,
+                      void *arg)
+{
+    if (!b || !sink || offset < 0 || len < 0) return ES_EINVAL;
+    if (!es_blob_key_valid(key)) return bad_key("key", key);
+    if (len == 0) return ES_OK;
+    range_sink r = {sink, arg, len};
+    int rc = b->ops->get(b->ctx, key, offset, len, range_cut, &r);
+    return rc == RANGE_FULL ? ES_OK : rc;
 }
 
 int es_blob_head(es_blob *b, const char *key, es_blob_info *info)

@@ -115,6 +115,7 @@ typedef struct s3_req {
     const void *body;
     size_t body_len;
     int64_t range_from; /* < 0: the whole object */
+    int64_t range_to;   /* < 0: to the end; else the last byte wanted */
     es_blob_sink sink;  /* a 2xx body streams here; anything else goes to out */
     void *sink_arg;
     bool idempotent;
@@ -617,7 +618,11 @@ static CURLcode perform(s3_ctx *c, CURL *h, s3_req *r, const char *url, const ch
     struct curl_slist *hd = NULL;
     hd = add_header(hd, &ok, "x-amz-content-sha256: %s", sha);
     if (r->content_type) hd = add_header(hd, &ok, "Content-Type: %s", r->content_type);
-    if (r->range_from > 0) hd = add_header(hd, &ok, "Range: bytes=%lld-", (long long)r->range_from);
+    if (r->range_to >= 0)
+        hd = add_header(hd, &ok, "Range: bytes=%lld-%lld",
+                        (long long)(r->range_from > 0 ? r->range_from : 0), (long long)r->range_to);
+    else if (r->range_from > 0)
+        hd = add_header(hd, &ok, "Range: bytes=%lld-", (long long)r->range_from);
     if (r->if_match[0]) hd = add_header(hd, &ok, "If-Match: %s", r->if_match);
     if (c->token_header) {
         struct curl_slist *nl = curl_slist_append(hd, c->token_header);
@@ -776,6 +781,7 @@ static void req_init(s3_req *r, const char *method, const char *key, size_t out_
     r->method = method;
     r->key = key;
     r->range_from = -1;
+    r->range_to = -1;
     r->length = -1;
     es_buf_init(&r->out, out_max);
 }
@@ -1062,7 +1068,8 @@ static int s3_head(void *ctx, const char *key, es_blob_info *info)
     return rc;
 }
 
-static int s3_get(void *ctx, const char *key, int64_t offset, es_blob_sink sink, void *arg)
+static int s3_get(void *ctx, const char *key, int64_t offset, int64_t len, es_blob_sink sink,
+                  void *arg)
 {
     s3_ctx *c = ctx;
     if (!es_blob_key_valid(key)) return ES_EINVAL;
@@ -1070,6 +1077,7 @@ static int s3_get(void *ctx, const char *key, int64_t offset, es_blob_sink sink,
     req_init(&r, "GET", key, S3_ERRBODY_MAX);
     /* no Range from 0: S3 refuses bytes=0- on an empty object */
     r.range_from = offset > 0 ? offset : -1;
+    if (len > 0) r.range_to = offset + len - 1;
     r.sink = sink;
     r.sink_arg = arg;
     r.idempotent = true;
