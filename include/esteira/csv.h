@@ -35,6 +35,15 @@ int es_csv_feed(es_csv *p, const char *data, size_t len);
 int es_csv_finish(es_csv *p);
 /* After an error: what went wrong ("line 12: field longer than 65536 bytes"). */
 const char *es_csv_error(const es_csv *p);
+/* Where a batch may be cut: called at the start of each physical line that
+ * begins between records (not inside a quoted field), with its byte offset in
+ * the input and its line number.  Parsing the input from that offset with a
+ * parser started by es_csv_start_at(line) gives the same records. */
+typedef void (*es_csv_line_fn)(void *arg, int64_t offset, int64_t line);
+void es_csv_on_line(es_csv *p, es_csv_line_fn fn);
+/* Before the first feed: the input starts at line `line` of a file, not at its
+ * beginning (no BOM is looked for). */
+void es_csv_start_at(es_csv *p, int64_t line);
 /* Records handed over so far, and bytes consumed. */
 int64_t es_csv_records(const es_csv *p);
 int64_t es_csv_bytes(const es_csv *p);

@@ -90,9 +90,11 @@ struct es_csv {
     int64_t records;
     int64_t bytes;
 
-    int bom;       /* BOM bytes matched and held back; -1 once decided */
-    bool finished; /* es_csv_finish was called */
-    int rc;        /* the first error, or the callback's stop value */
+    es_csv_line_fn line_fn;
+    bool line_start; /* the next byte parsed begins a physical line */
+    int bom;         /* BOM bytes matched and held back; -1 once decided */
+    bool finished;   /* es_csv_finish was called */
+    int rc;          /* the first error, or the callback's stop value */
     char err[200];
 };
 
@@ -254,6 +256,9 @@ static void parse_pieces(es_csv *p, const char *data, size_t len)
         size_t n = len < PIECE_MAX ? len : PIECE_MAX;
         const char *nl = memchr(data, '\n', n);
         if (nl) n = (size_t)(nl - data) + 1;
+        if (p->line_start && p->line_fn && p->csv.pstate == LIBCSV_ROW_NOT_BEGUN && !p->nfields)
+            p->line_fn(p->arg, p->bytes, p->line);
+        p->line_start = nl != NULL;
         if (p->csv.pstate == LIBCSV_ROW_NOT_BEGUN) {
             if (nl && split_line(p, data, n)) goto next;
             p->rec_line = p->line;
@@ -325,6 +330,7 @@ int es_csv_create(const es_csv_limits *limits, es_csv_record_fn fn, void *arg, e
     p->fn = fn;
     p->arg = arg;
     p->line = p->rec_line = 1;
+    p->line_start = true;
     es_buf_init(&p->rec, lim.max_record + (size_t)lim.max_fields);
     size_t nf = (size_t)lim.max_fields;
     p->offs = malloc(nf * sizeof *p->offs);
@@ -401,6 +407,17 @@ int es_csv_finish(es_csv *p)
 const char *es_csv_error(const es_csv *p)
 {
     return p ? p->err : "";
+}
+
+void es_csv_on_line(es_csv *p, es_csv_line_fn fn)
+{
+    p->line_fn = fn;
+}
+
+void es_csv_start_at(es_csv *p, int64_t line)
+{
+    p->line = p->rec_line = line > 0 ? line : 1;
+    p->bom = -1;
 }
 
 int64_t es_csv_records(const es_csv *p)

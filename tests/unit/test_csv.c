@@ -532,6 +532,74 @@ static void test_counters_and_lifecycle(void **state)
     assert_int_equal(es_csv_create(NULL, NULL, &r, &p), ES_EINVAL);
 }
 
+/* ---------------------------------------------------------------- cuts */
+
+typedef struct cuts {
+    int64_t off[64], line[64];
+    int n;
+} cuts;
+
+static cuts *cut_sink; /* es_csv_on_line's arg is the record callback's */
+
+static void on_line(void *arg, int64_t offset, int64_t line)
+{
+    (void)arg;
+    if (cut_sink->n < 64) {
+        cut_sink->off[cut_sink->n] = offset;
+        cut_sink->line[cut_sink->n++] = line;
+    }
+}
+
+/* Every cut point the parser offers, parsed from there with start_at, gives
+ * exactly the records the whole parse gave from that line on. */
+static void test_cut_points(void **state)
+{
+    (void)state;
+    const char *in = "\xEF\xBB\xBFh1,h2\r\n"
+                     "a,b\r\n"
+                     "\"multi\nline\",x\n"
+                     "\n"
+                     "\"q\"\"\",y\n"
+                     "c,d\n"
+                     "last,row";
+    for (size_t chunk = 0; chunk < 8; chunk++) {
+        cuts c = {0};
+        cut_sink = &c;
+        result whole;
+        result_init(&whole);
+        es_csv *p = NULL;
+        assert_int_equal(es_csv_create(NULL, collect, &whole, &p), ES_OK);
+        es_csv_on_line(p, on_line);
+        size_t len = strlen(in), step = chunk ? chunk : len;
+        for (size_t off = 0; off < len; off += step)
+            assert_int_equal(es_csv_feed(p, in + off, len - off < step ? len - off : step), ES_OK);
+        assert_int_equal(es_csv_finish(p), ES_OK);
+        es_csv_destroy(p);
+        /* line 1 (after the BOM), 2, 3, 5 (the empty line 5 too), 6, 7, 8;
+         * not line 4, which is inside the quoted field */
+        assert_int_equal(c.n, 7);
+        assert_int_equal(c.off[0], 3);
+        assert_int_equal(c.line[0], 1);
+        for (int i = 0; i < c.n; i++) {
+            assert_int_not_equal(c.line[i], 4);
+            result tail;
+            result_init(&tail);
+            assert_int_equal(es_csv_create(NULL, collect, &tail, &p), ES_OK);
+            es_csv_start_at(p, c.line[i]);
+            assert_int_equal(es_csv_feed(p, in + c.off[i], len - (size_t)c.off[i]), ES_OK);
+            assert_int_equal(es_csv_finish(p), ES_OK);
+            es_csv_destroy(p);
+            /* the whole parse's records from this line on */
+            const char *want = es_buf_cstr(&whole.out);
+            while (*want && strtoll(want, NULL, 10) < c.line[i])
+                want = strchr(want, '\n') + 1;
+            assert_string_equal(es_buf_cstr(&tail.out), want);
+            es_buf_finish(&tail.out);
+        }
+        es_buf_finish(&whole.out);
+    }
+}
+
 int main(void)
 {
     es_log_set_level(ES_LOG_OFF);
@@ -554,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_callback_stop),
         cmocka_unit_test(test_counters_and_lifecycle),
+        cmocka_unit_test(test_cut_points),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
