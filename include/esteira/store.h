@@ -42,6 +42,10 @@ typedef struct es_store_ops {
     int (*exec_script)(void *conn, const char *sql);
     int (*copy_in)(void *conn, const char *table, const char *const *cols, int ncols,
                    const char *data, size_t len);
+    /* copy_in that leaves out rows whose unique key exists already (or comes
+     * twice in data), counting the rows it inserted */
+    int (*copy_merge)(void *conn, const char *table, const char *const *cols, int ncols,
+                      const char *data, size_t len, int64_t *inserted);
     int (*ping)(void *ctx);
 } es_store_ops;
 
@@ -68,6 +72,11 @@ int es_store_commit(es_store_conn *c);
 int es_store_rollback(es_store_conn *c);
 int es_store_copy_in(es_store_conn *c, const char *table, const char *const *cols, int ncols,
                      const char *data, size_t len);
+/* As copy_in, but a row whose unique key is already in the table (or earlier
+ * in data) is left out rather than failing the load; *inserted = the rows that
+ * went in.  All rows or none, inside the caller's transaction if one is open. */
+int es_store_copy_merge(es_store_conn *c, const char *table, const char *const *cols, int ncols,
+                        const char *data, size_t len, int64_t *inserted);
 /* acquire + exec + release, for one-statement work */
 int es_store_exec1(es_store *s, const char *sql, int nparams, const char *const *params,
                    es_rows **out);

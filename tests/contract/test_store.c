@@ -555,6 +555,52 @@ static void test_copy_in_bad_row(void **state)
     drop(t);
 }
 
+/* copy_merge: existing keys and keys repeated in the data are left out and
+ * counted; the rest goes in, also inside a transaction that then rolls back. */
+static void test_copy_merge(void **state)
+{
+    (void)state;
+    const char *t = tbl("merge");
+    create(t, "id bigint PRIMARY KEY, a text");
+    const char *cols[] = {"id", "a"};
+    es_store_conn *c;
+    assert_int_equal(es_store_acquire(g_store, &c), ES_OK);
+    int64_t n = -1;
+    const char *first = "1\tone\n2\ttwo\n3\tthree\n";
+    assert_int_equal(es_store_copy_merge(c, t, cols, 2, first, strlen(first), &n), ES_OK);
+    assert_int_equal(n, 3);
+    /* 2 and 3 exist, 4 twice, 5 new */
+    const char *second = "2\tdeux\n4\tfour\n3\ttrois\n4\tfour again\n5\tfive\n";
+    assert_int_equal(es_store_begin(c), ES_OK);
+    assert_int_equal(es_store_copy_merge(c, t, cols, 2, second, strlen(second), &n), ES_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(es_store_commit(c), ES_OK);
+    assert_int_equal(count_rows(c, t), 5);
+    es_rows *r = NULL;
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT a FROM %s WHERE id IN (2, 4) ORDER BY id", t);
+    assert_int_equal(es_store_exec(c, sql, 0, NULL, &r), ES_OK);
+    assert_string_equal(es_rows_get(r, 0, 0), "two"); /* not overwritten */
+    assert_string_equal(es_rows_get(r, 1, 0), "four");
+    es_rows_free(r);
+    /* everything there already: nothing inserted, no error */
+    assert_int_equal(es_store_copy_merge(c, t, cols, 2, first, strlen(first), &n), ES_OK);
+    assert_int_equal(n, 0);
+    /* rolled back with its transaction, and usable again after that */
+    assert_int_equal(es_store_begin(c), ES_OK);
+    const char *third = "6\tsix\n1\tagain\n";
+    assert_int_equal(es_store_copy_merge(c, t, cols, 2, third, strlen(third), &n), ES_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(es_store_rollback(c), ES_OK);
+    assert_int_equal(count_rows(c, t), 5);
+    /* a malformed row still fails the whole load */
+    const char *bad = "7\tseven\n8\n";
+    assert_int_not_equal(es_store_copy_merge(c, t, cols, 2, bad, strlen(bad), &n), ES_OK);
+    assert_int_equal(count_rows(c, t), 5);
+    es_store_release(c);
+    drop(t);
+}
+
 #define THREADS    4
 #define PER_THREAD 500
 
@@ -869,6 +915,7 @@ int main(void)
         cmocka_unit_test(test_exec_script),
         cmocka_unit_test(test_copy_in_roundtrip),
         cmocka_unit_test(test_copy_in_bad_row),
+        cmocka_unit_test(test_copy_merge),
         cmocka_unit_test(test_concurrent_inserts),
         cmocka_unit_test(test_timing_exec1),
     };

@@ -199,6 +199,14 @@ int es_store_copy_in(es_store_conn *c, const char *table, const char *const *col
     return note(c, c->store->ops->copy_in(c->conn, table, cols, ncols, data, len));
 }
 
+int es_store_copy_merge(es_store_conn *c, const char *table, const char *const *cols, int ncols,
+                        const char *data, size_t len, int64_t *inserted)
+{
+    *inserted = 0;
+    if (ncols <= 0) return ES_EINVAL;
+    return note(c, c->store->ops->copy_merge(c->conn, table, cols, ncols, data, len, inserted));
+}
+
 int es_store_exec1(es_store *s, const char *sql, int nparams, const char *const *params,
                    es_rows **out)
 {

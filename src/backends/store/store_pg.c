@@ -762,10 +762,9 @@ static int copy_sql(es_buf *b, const char *table, const char *const *cols, int n
  * streamed as is.  Inside the caller's transaction when one is open (the
  * connection's state); otherwise COPY is its own transaction: all rows or
  * none, either way. */
-static int pg_copy_in(void *conn, const char *table, const char *const *cols, int ncols,
-                      const char *data, size_t len)
+static int copy_load(pg_conn *c, const char *table, const char *const *cols, int ncols,
+                     const char *data, size_t len, int64_t *rows)
 {
-    pg_conn *c = conn;
     es_buf sql;
     es_buf_init(&sql, 0);
     int rc = copy_sql(&sql, table, cols, ncols);
@@ -793,11 +792,80 @@ static int pg_copy_in(void *conn, const char *table, const char *const *cols, in
         rc = fail(c, res, "copy", es_buf_cstr(&sql));
     else if (!sent)
         rc = fail(c, NULL, "copy", es_buf_cstr(&sql));
+    else
+        *rows = strtoll(PQcmdTuples(res), NULL, 10);
     PQclear(res);
     while ((res = PQgetResult(c->db)))
         PQclear(res);
 out_sql:
     es_buf_finish(&sql);
+    return rc;
+}
+
+static int pg_copy_in(void *conn, const char *table, const char *const *cols, int ncols,
+                      const char *data, size_t len)
+{
+    int64_t n = 0;
+    return copy_load(conn, table, cols, ncols, data, len, &n);
+}
+
+static int run(pg_conn *c, const char *sql)
+{
+    return pg_exec(c, sql, 0, NULL, NULL);
+}
+
+/* COPY straight into the table first, in a savepoint: when no key is there
+ * yet (the usual case: a new file) that is all the work there is.  Only when a
+ * key exists already does it go round through a temporary table and INSERT …
+ * ON CONFLICT DO NOTHING, which costs about twice as much. */
+static int pg_copy_merge(void *conn, const char *table, const char *const *cols, int ncols,
+                         const char *data, size_t len, int64_t *inserted)
+{
+    pg_conn *c = conn;
+    if (!es_ident_valid(table)) return ES_EINVAL;
+    bool own = PQtransactionStatus(c->db) == PQTRANS_IDLE;
+    int rc = run(c, own ? "BEGIN" : "SAVEPOINT es_merge");
+    if (rc != ES_OK) return rc;
+    int64_t n = 0;
+    rc = copy_load(c, table, cols, ncols, data, len, &n);
+    if (rc == ES_OK) {
+        *inserted = n;
+        return run(c, own ? "COMMIT" : "RELEASE es_merge");
+    }
+    if (rc != ES_ECONFLICT) goto undo;
+    rc = own ? run(c, "ROLLBACK") : run(c, "ROLLBACK TO es_merge");
+    if (rc == ES_OK && own) rc = run(c, "BEGIN");
+    if (rc != ES_OK) goto undo;
+
+    char stage[64]; /* a PostgreSQL identifier: at most 63 bytes */
+    snprintf(stage, sizeof stage, "es_merge_%.54s", table);
+    es_buf sql;
+    es_buf_init(&sql, 0);
+    rc = es_buf_printf(&sql,
+                       "CREATE TEMP TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS)"
+                       " ON COMMIT DELETE ROWS; DELETE FROM %s",
+                       stage, table, stage);
+    if (rc == ES_OK) rc = pg_exec_script(c, es_buf_cstr(&sql));
+    if (rc == ES_OK) rc = copy_load(c, stage, cols, ncols, data, len, &n);
+    es_buf_reset(&sql);
+    if (rc == ES_OK) rc = es_buf_printf(&sql, "INSERT INTO %s (", table);
+    for (int pass = 0; pass < 2 && rc == ES_OK; pass++) {
+        for (int i = 0; rc == ES_OK && i < ncols; i++)
+            rc = es_buf_printf(&sql, "%s%s", i ? ", " : "", cols[i]);
+        if (rc == ES_OK) rc = es_buf_puts(&sql, pass ? " FROM " : ") SELECT ");
+    }
+    if (rc == ES_OK) rc = es_buf_printf(&sql, "%s ON CONFLICT DO NOTHING", stage);
+    es_rows *res = NULL;
+    if (rc == ES_OK) rc = pg_exec(c, es_buf_cstr(&sql), 0, NULL, &res);
+    if (rc == ES_OK) *inserted = es_rows_affected(res);
+    es_rows_free(res);
+    es_buf_finish(&sql);
+    if (rc == ES_OK) return run(c, own ? "COMMIT" : "RELEASE es_merge");
+undo:
+    if (own)
+        run(c, "ROLLBACK");
+    else if (run(c, "ROLLBACK TO es_merge") == ES_OK)
+        run(c, "RELEASE es_merge");
     return rc;
 }
 
@@ -825,5 +893,6 @@ const es_store_ops es_store_pg = {
     .exec = pg_exec,
     .exec_script = pg_exec_script,
     .copy_in = pg_copy_in,
+    .copy_merge = pg_copy_merge,
     .ping = pg_ping,
 };

@@ -731,7 +731,7 @@ static int quick(sq_conn *c, const char *sql)
 }
 
 /* INSERT INTO table (c1, …) VALUES ($1, …), with checked identifiers. */
-static int copy_sql(es_buf *b, const char *table, const char *const *cols, int ncols)
+static int copy_sql(es_buf *b, const char *table, const char *const *cols, int ncols, bool merge)
 {
     if (!es_ident_valid(table)) {
         es_warn(COMP, "copy_in: bad table name");
@@ -748,14 +748,15 @@ static int copy_sql(es_buf *b, const char *table, const char *const *cols, int n
     if (rc == ES_OK) rc = es_buf_puts(b, ") VALUES (");
     for (int i = 0; rc == ES_OK && i < ncols; i++)
         rc = es_buf_printf(b, "%s$%d", i ? ", " : "", i + 1);
-    if (rc == ES_OK) rc = es_buf_puts(b, ")");
+    if (rc == ES_OK) rc = es_buf_puts(b, merge ? ") ON CONFLICT DO NOTHING" : ")");
     return rc;
 }
 
 /* Inserts each line of data through st.  Lines end with \n (a \r before it
  * is dropped; the last \n may be missing); a line holding \. alone ends the
  * data, as in PostgreSQL. */
-static int copy_rows(sq_conn *c, sqlite3_stmt *st, int ncols, const char *data, size_t len)
+static int copy_rows(sq_conn *c, sqlite3_stmt *st, int ncols, const char *data, size_t len,
+                     int64_t *inserted)
 {
     size_t pos = 0;
     int64_t lineno = 0;
@@ -801,6 +802,7 @@ static int copy_rows(sq_conn *c, sqlite3_stmt *st, int ncols, const char *data, 
         }
         rc = sqlite3_step(st);
         sqlite3_reset(st);
+        if (rc == SQLITE_DONE) *inserted += sqlite3_changes(c->db);
         if (rc != SQLITE_DONE) {
             es_warn(COMP, "copy_in: line %lld rejected", (long long)lineno);
             return fail(c->db, rc, "copy", NULL);
@@ -809,13 +811,12 @@ static int copy_rows(sq_conn *c, sqlite3_stmt *st, int ncols, const char *data, 
     return ES_OK;
 }
 
-static int sq_copy_in(void *conn, const char *table, const char *const *cols, int ncols,
-                      const char *data, size_t len)
+static int copy_load(sq_conn *c, const char *table, const char *const *cols, int ncols,
+                     const char *data, size_t len, bool merge, int64_t *inserted)
 {
-    sq_conn *c = conn;
     es_buf sql;
     es_buf_init(&sql, 0);
-    int rc = copy_sql(&sql, table, cols, ncols);
+    int rc = copy_sql(&sql, table, cols, ncols, merge);
     if (rc != ES_OK) goto out_sql;
     sqlite3_stmt *st;
     rc = stmt_get(c, es_buf_cstr(&sql), &st);
@@ -829,7 +830,7 @@ static int sq_copy_in(void *conn, const char *table, const char *const *cols, in
     bool own = sqlite3_get_autocommit(c->db);
     rc = quick(c, own ? "BEGIN IMMEDIATE" : "SAVEPOINT es_copy_in");
     if (rc != ES_OK) goto out_sql;
-    rc = copy_rows(c, st, ncols, data, len);
+    rc = copy_rows(c, st, ncols, data, len, inserted);
     if (rc == ES_OK) {
         rc = quick(c, own ? "COMMIT" : "RELEASE es_copy_in");
         if (rc == ES_OK) goto out_sql;
@@ -842,6 +843,23 @@ static int sq_copy_in(void *conn, const char *table, const char *const *cols, in
     }
 out_sql:
     es_buf_finish(&sql);
+    return rc;
+}
+
+static int sq_copy_in(void *conn, const char *table, const char *const *cols, int ncols,
+                      const char *data, size_t len)
+{
+    int64_t n = 0;
+    return copy_load(conn, table, cols, ncols, data, len, false, &n);
+}
+
+/* INSERT … ON CONFLICT DO NOTHING per row: sqlite3_changes() tells which went in. */
+static int sq_copy_merge(void *conn, const char *table, const char *const *cols, int ncols,
+                         const char *data, size_t len, int64_t *inserted)
+{
+    int64_t n = 0;
+    int rc = copy_load(conn, table, cols, ncols, data, len, true, &n);
+    *inserted = rc == ES_OK ? n : 0;
     return rc;
 }
 
@@ -866,5 +884,6 @@ const es_store_ops es_store_sqlite = {
     .exec = sq_exec,
     .exec_script = sq_exec_script,
     .copy_in = sq_copy_in,
+    .copy_merge = sq_copy_merge,
     .ping = sq_ping,
 };
