@@ -26,6 +26,8 @@ static void usage(FILE *out)
             "  keys create --tenant T --scopes S [--name N] | keys list | keys revoke ID\n"
             "  presign GET|PUT KEY [TYPE]  a signed, expiring URL of an object in the blob store\n"
             "Client (talks to ESTEIRA_URL with ESTEIRA_TOKEN):\n"
+            "  upload FILE --dataset NAME [--wait] [--idempotency-key K] [--quiet]\n"
+            "                     a CSV file into a dataset; --wait follows it to the end\n"
             "  status ID          a job's status and history\n"
             "  jobs list [QUERY] | jobs create KIND [PAYLOAD] | jobs retry ID | jobs cancel ID\n"
             "  dlq list | dlq retry ID | dlq delete ID | dlq purge\n"
@@ -103,6 +105,8 @@ int main(int argc, char **argv)
         rc = cli_keys(&cfg, nargs, args);
     else if (!strcmp(cmd, "presign"))
         rc = cli_presign(&cfg, nargs, args);
+    else if (!strcmp(cmd, "upload"))
+        rc = cli_upload(&cfg, nargs, args);
     else if (!strcmp(cmd, "status"))
         rc = cli_status(&cfg, nargs, args);
     else if (!strcmp(cmd, "jobs"))
