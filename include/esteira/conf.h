@@ -47,6 +47,12 @@ typedef struct es_config {
     int64_t queue_sync; /* local broker: 1 = fsync each commit (power-loss safe), 0 = OS cache
                            (crash safe) */
     int64_t prefetch;
+    /* uploads */
+    int64_t batch_rows;         /* rows per batch */
+    int64_t batch_bytes;        /* a batch is also cut at this many source bytes */
+    int64_t csv_max_field;      /* bytes in one CSV field */
+    int64_t csv_max_line;       /* bytes in one CSV record */
+    int64_t reject_max_percent; /* an upload with more rejected rows fails (100 = never) */
     /* logs */
     char *log_level;
     /* client commands */

@@ -97,6 +97,14 @@ unsigned es_req_scopes(es_req *r);
  * setting the same pointer only replaces free_fn (NULL disarms it). */
 void es_req_set_state(es_req *r, void *state, void (*free_fn)(void *));
 void *es_req_state(es_req *r);
+/* Streaming routes with a multipart/form-data body: called from start(), it
+ * has the parts decoded as they arrive; fn then receives each part's content
+ * piece by piece (off = where the piece lies in the part; 0 starts a new part)
+ * instead of chunk() seeing the raw body.  ES_EINVAL when the body is not
+ * multipart.  A malformed body is answered 400. */
+typedef int (*es_part_fn)(es_req *r, const char *name, const char *filename,
+                          const char *content_type, const char *data, size_t len, uint64_t off);
+int es_req_multipart(es_req *r, es_part_fn fn);
 /* Parses "limit" (1..max, default def); answers 400 itself on a bad value. */
 int es_req_limit(es_req *r, int def, int max, int *out);
 

@@ -74,6 +74,11 @@ typedef struct es_job_kind {
     int max_attempts;        /* 0 = ESTEIRA_JOB_MAX_ATTEMPTS */
     int64_t backoff_base_ms; /* 0 = ESTEIRA_JOB_BACKOFF_BASE */
     int64_t backoff_cap_ms;  /* 0 = ESTEIRA_JOB_BACKOFF_CAP */
+    /* optional: runs inside the transaction that records the job `dead`
+     * (its writes commit with it; an error rolls the outcome back) */
+    int (*on_dead)(es_job_ctx *ctx, es_store_conn *c, void *arg);
+    /* optional: runs after `done` was committed (notifications) */
+    void (*after_done)(es_job_ctx *ctx, void *arg);
 } es_job_kind;
 
 /* ---- inside a handler */
@@ -87,6 +92,7 @@ void es_job_fail(es_job_ctx *ctx, bool permanent, const char *error_type, const 
     __attribute__((format(printf, 4, 5)));
 /* Sets the job's result (JSON text, copied). */
 int es_job_set_result(es_job_ctx *ctx, const char *json);
+const char *es_job_ctx_result(es_job_ctx *ctx); /* NULL when none was set */
 /* True when the engine is stopping: long handlers should return ES_ECANCELED. */
 bool es_job_ctx_stopping(es_job_ctx *ctx);
 
@@ -120,6 +126,15 @@ typedef struct es_job_req {
 /* Creates and enqueues a job.  *existed = true when the idempotency key already
  * named a job (then *out is that job, and nothing new is queued). */
 int es_job_submit(es_engine *e, const es_job_req *req, es_job *out, bool *existed);
+/* Many jobs created with the caller's other writes: inserts them in the
+ * caller's open transaction (ids[i] receives each id); after the commit,
+ * es_job_publish_new sends their messages (grouped).  Should the process die
+ * in between, the republisher sends them. */
+int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
+                     char id[ES_UUID_LEN + 1]);
+int es_job_publish_new(es_engine *e, const char *kind, const char (*ids)[ES_UUID_LEN + 1], size_t n,
+                       const char *trace_id);
+
 /* tenant NULL = any tenant (admin, workers) */
 int es_job_get(es_engine *e, const char *tenant, const char *id, es_job *out);
 /* History: [{at, status, attempt, errorType, errorMessage, delayMs}] */

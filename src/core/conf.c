@@ -79,6 +79,17 @@ static const es_conf_entry table[] = {
      "local broker: fsync every commit (survives power loss; kill -9 is survived either way)"},
     {"prefetch", ES_CONF_INT, F(prefetch), "16", 1, 10000, NULL, 0,
      "messages a worker holds unacknowledged"},
+    /* uploads */
+    {"batch_rows", ES_CONF_INT, F(batch_rows), "1000", 1, 1000000, NULL, 0,
+     "rows per batch of a CSV upload"},
+    {"batch_bytes", ES_CONF_SIZE, F(batch_bytes), "4MB", 4 * KB, 1 * GB, NULL, 0,
+     "a batch is also cut when its rows reach this many bytes of the file"},
+    {"csv_max_field", ES_CONF_SIZE, F(csv_max_field), "64KB", 16, 64 * MB, NULL, 0,
+     "longest CSV field (a longer one fails the upload, naming its line)"},
+    {"csv_max_line", ES_CONF_SIZE, F(csv_max_line), "1MB", 64, 256 * MB, NULL, 0,
+     "longest CSV record"},
+    {"reject_max_percent", ES_CONF_INT, F(reject_max_percent), "100", 0, 100, NULL, 0,
+     "an upload whose rejected rows exceed this percentage ends failed (100 = never)"},
     /* logs */
     {"log_level", ES_CONF_STR, F(log_level), "info", 0, 0, "debug|info|warn|error|off", 0,
      "least severe level logged"},

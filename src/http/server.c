@@ -54,6 +54,7 @@
 
 /* body bytes read and dropped after a reply was decided mid-body */
 #define ES_HTTP_DRAIN_MAX (64ull * 1024 * 1024)
+#define ES_HTTP_PART_BUF  (64 * 1024) /* post processor buffer: one part header fits */
 /* libmicrohttpd's pool: the headers plus its read buffer and our reply headers */
 #define ES_HTTP_POOL_EXTRA (32u * 1024)
 
@@ -108,6 +109,9 @@ struct es_req {
     owned *owned;
     void *state;
     void (*state_free)(void *);
+    /* multipart/form-data bodies, decoded by libmicrohttpd's post processor */
+    struct MHD_PostProcessor *pp;
+    es_part_fn part_fn;
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -691,6 +695,11 @@ static bool on_body(es_req *r, const char *data, size_t n)
         es_reply_error(r, 413, "payload_too_large", msg, NULL);
         return true;
     }
+    if (r->streaming && r->pp) {
+        if (MHD_post_process(r->pp, data, n) != MHD_YES && !r->replied)
+            es_reply_error(r, 400, "malformed_body", "the multipart body is malformed", NULL);
+        return true;
+    }
     if (r->streaming) {
         int rc = r->route->chunk(r, data, n);
         if (rc < 0 && !r->replied) es_reply_err(r, rc, NULL);
@@ -704,6 +713,14 @@ static bool on_body(es_req *r, const char *data, size_t n)
 static void on_end(es_req *r)
 {
     r->phase = PH_DONE;
+    if (r->pp && !r->replied) {
+        /* MHD_NO: the closing boundary never came */
+        bool whole = MHD_destroy_post_processor(r->pp) == MHD_YES;
+        r->pp = NULL;
+        if (!whole && !r->replied)
+            es_reply_error(r, 400, "malformed_body",
+                           "the multipart body ends before its closing boundary", NULL);
+    }
     if (r->replied) return;
     if (r->route->handle) {
         int rc = r->route->handle(r);
@@ -714,6 +731,29 @@ static void on_end(es_req *r)
         es_error(COMP, "route %s %s has no handler", r->method, r->route->pattern);
     }
     es_reply_error(r, 500, "internal", "the request was not answered", NULL);
+}
+
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size)
+{
+    (void)kind;
+    (void)transfer_encoding;
+    es_req *r = cls;
+    if (r->replied) return MHD_YES; /* drained */
+    int rc = r->part_fn(r, key ? key : "", filename, content_type, data, size, off);
+    if (rc < 0 && !r->replied) es_reply_err(r, rc, NULL);
+    return MHD_YES;
+}
+
+int es_req_multipart(es_req *r, es_part_fn fn)
+{
+    if (!r->streaming || r->pp || !fn) return ES_EINVAL;
+    r->pp = MHD_create_post_processor(r->conn, ES_HTTP_PART_BUF, on_part, r);
+    if (!r->pp) return ES_EINVAL;
+    r->part_fn = fn;
+    return ES_OK;
 }
 
 static enum MHD_Result queue_pending(es_req *r)
@@ -794,6 +834,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     es_log_ctx_clear();
 
+    if (r->pp) MHD_destroy_post_processor(r->pp);
     if (r->state_free && r->state) r->state_free(r->state);
     if (r->resp) MHD_destroy_response(r->resp);
     es_buf_finish(&r->body);

@@ -45,6 +45,8 @@ typedef struct kind_rt {
     void *arg;
     int concurrency, max_attempts;
     int64_t base_ms, cap_ms;
+    int (*on_dead)(es_job_ctx *ctx, es_store_conn *c, void *arg);
+    void (*after_done)(es_job_ctx *ctx, void *arg);
 } kind_rt;
 
 struct es_engine {
@@ -376,6 +378,8 @@ int es_engine_register(es_engine *e, const es_job_kind *kind)
     snprintf(k->queue, sizeof k->queue, "jobs.%s", kind->name);
     k->run = kind->run;
     k->arg = kind->arg;
+    k->on_dead = kind->on_dead;
+    k->after_done = kind->after_done;
     k->concurrency = kind->concurrency ? kind->concurrency : (int)e->cfg->workers;
     k->max_attempts = kind->max_attempts ? kind->max_attempts : (int)e->cfg->job_max_attempts;
     k->base_ms = kind->backoff_base_ms ? kind->backoff_base_ms : e->cfg->job_backoff_base_ms;
@@ -503,6 +507,74 @@ int es_job_submit(es_engine *e, const es_job_req *req, es_job *out, bool *existe
     return ES_OK;
 release:
     es_store_release(c);
+    return rc;
+}
+
+int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
+                     char id[ES_UUID_LEN + 1])
+{
+    kind_rt *k = find_kind(e, req->kind ? req->kind : "");
+    if (!k || !req->tenant) return ES_EINVAL;
+    char now_s[24], max_s[16], ra[24];
+    es_uuid7(id);
+    int64_t now = es_now_ms();
+    const char *p[] = {id,
+                       req->tenant,
+                       k->name,
+                       I64(max_s, req->max_attempts > 0 ? req->max_attempts : k->max_attempts),
+                       req->payload ? req->payload : "{}",
+                       req->idempotency_key,
+                       req->trace_id,
+                       req->delay_ms > 0 ? I64(ra, now + req->delay_ms) : NULL,
+                       I64(now_s, now)};
+    int rc =
+        es_store_exec(c,
+                      "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts, payload,"
+                      " idempotency_key, trace_id, run_after, published, created_ms, updated_ms)"
+                      " VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, 0, $9, $9)",
+                      9, p, NULL);
+    if (!rc) rc = add_event(c, id, "queued", 0, NULL, NULL, -1, now);
+    return rc;
+}
+
+#define PUBLISH_GROUP 256
+
+int es_job_publish_new(es_engine *e, const char *kind, const char (*ids)[ES_UUID_LEN + 1], size_t n,
+                       const char *trace_id)
+{
+    kind_rt *k = find_kind(e, kind ? kind : "");
+    if (!k) return ES_EINVAL;
+    es_msg *m = calloc(PUBLISH_GROUP, sizeof *m);
+    es_kv(*h)[3] = calloc(PUBLISH_GROUP, sizeof *h);
+    int rc = m && h ? es_broker_declare(e->broker, k->queue) : ES_ENOMEM;
+    char enq[24];
+    I64(enq, es_now_ms());
+    for (size_t at = 0; at < n && rc == ES_OK; at += PUBLISH_GROUP) {
+        size_t g = n - at < PUBLISH_GROUP ? n - at : PUBLISH_GROUP;
+        for (size_t i = 0; i < g; i++) {
+            const char *id = ids[at + i];
+            h[i][0] = (es_kv){"jobId", (char *)id};
+            h[i][1] = (es_kv){"enqueuedMs", enq};
+            h[i][2] = (es_kv){"traceId", (char *)(trace_id ? trace_id : "")};
+            m[i] = (es_msg){.queue = k->queue,
+                            .body = id,
+                            .len = strlen(id),
+                            .headers = h[i],
+                            .nheaders = trace_id ? 3 : 2};
+        }
+        rc = es_broker_publish(e->broker, m, g);
+        for (size_t i = 0; i < g && rc == ES_OK; i++)
+            mark_published(e, ids[at + i]);
+    }
+    if (rc == ES_OK) {
+        for (size_t i = 0; i < n; i++)
+            count_transition(k->name, "queued");
+    } else {
+        es_warn("jobs", "could not enqueue %zu %s jobs now (the republisher will): %s", n, kind,
+                es_strerror(rc));
+    }
+    free(m);
+    free(h);
     return rc;
 }
 
@@ -744,6 +816,11 @@ void es_job_fail(es_job_ctx *ctx, bool permanent, const char *error_type, const 
     ctx->permanent = permanent;
 }
 
+const char *es_job_ctx_result(es_job_ctx *ctx)
+{
+    return ctx->result;
+}
+
 int es_job_set_result(es_job_ctx *ctx, const char *json)
 {
     free(ctx->result);
@@ -830,6 +907,7 @@ static int record_failure(es_job_ctx *ctx, bool dead, int64_t delay_ms)
     if (!rc)
         rc = add_event(c, ctx->job.id, status, ctx->job.attempts, ctx->error_type,
                        ctx->error_message, dead ? -1 : delay_ms, now);
+    if (!rc && dead && ctx->kind->on_dead) rc = ctx->kind->on_dead(ctx, c, ctx->kind->arg);
     if (!rc)
         rc = es_store_commit(c);
     else
@@ -1000,6 +1078,7 @@ static void process(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
         if (rc == ES_OK) {
             count_transition(k->name, "done");
             es_consumer_ack(cons, d);
+            if (k->after_done) k->after_done(&ctx, k->arg);
         } else if (rc == ES_ECONFLICT) {
             es_warn("jobs", "job %s was taken over after its lease ended; outcome discarded",
                     ctx.job.id);
