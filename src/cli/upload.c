@@ -372,7 +372,7 @@ free_request:
 /* One GET of the upload's status.  0 with *out set; -1 transient (worth
  * another try: no connection, 5xx, 429); 1 a refusal, already printed. */
 static int get_status(CURL *c, const es_config *cfg, struct curl_slist *h, const char *url,
-                      json_t **out, bool say_transient)
+                      json_t **out, bool say_transient, upload_bar *bar)
 {
     *out = NULL;
     char errbuf[CURL_ERROR_SIZE] = "";
@@ -389,25 +389,26 @@ static int get_status(CURL *c, const es_config *cfg, struct curl_slist *h, const
     CURLcode cc = curl_easy_perform(c);
     long status = 0;
     int rc = -1;
-    if (cc != CURLE_OK) {
-        if (say_transient) unreachable(cfg, cc, errbuf);
-        goto free_answer;
-    }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (status >= 500 || status == 429) {
-        if (say_transient) print_refusal("reading the upload's status", status, &answer);
-        goto free_answer;
-    }
-    if (status != 200) {
-        print_refusal("reading the upload's status", status, &answer);
-        rc = 1;
+    bool transient = cc != CURLE_OK || status >= 500 || status == 429;
+    if (cc != CURLE_OK || status != 200) {
+        if (transient && !say_transient) goto free_answer;
+        bar_end(bar); /* the message goes on a line of its own */
+        if (cc != CURLE_OK)
+            unreachable(cfg, cc, errbuf);
+        else
+            print_refusal("reading the upload's status", status, &answer);
+        rc = transient ? -1 : 1;
         goto free_answer;
     }
     *out = answer.len ? json_loadb(answer.data, answer.len, 0, NULL) : NULL;
     if (!es_json_str(*out, "status")) {
         json_decref(*out);
         *out = NULL;
-        if (say_transient) fprintf(stderr, "esteira: the upload's status is not readable JSON\n");
+        if (say_transient) {
+            bar_end(bar);
+            fprintf(stderr, "esteira: the upload's status is not readable JSON\n");
+        }
         goto free_answer;
     }
     rc = 0;
@@ -467,12 +468,14 @@ static int follow(CURL *c, const es_config *cfg, const char *id, upload_bar *bar
         json_t *u;
         /* a transient failure is said only when it is the last straw, so a
          * server restart in the middle of a wait does not spray messages */
-        int r = get_status(c, cfg, h, es_buf_cstr(&url), &u, failures >= UPLOAD_POLL_RETRIES);
+        int r = get_status(c, cfg, h, es_buf_cstr(&url), &u, failures >= UPLOAD_POLL_RETRIES, bar);
         if (r > 0) break;
         if (r < 0) {
             if (++failures > UPLOAD_POLL_RETRIES) {
-                if (bar->drawn) bar_end(bar);
-                fprintf(stderr, "esteira: gave up following upload %s\n", id);
+                fprintf(stderr,
+                        "esteira: gave up following upload %s (it goes on at the server: "
+                        "GET /v1/uploads/%s)\n",
+                        id, id);
                 break;
             }
             /* 0.5, 1, 2, 4, 4 … s: rides out a restart without hammering */
