@@ -16,6 +16,7 @@
 #include "esteira/auth.h"
 #include "esteira/err.h"
 #include "esteira/log.h"
+#include "esteira/upload.h"
 
 static int mkdir_p(const char *path)
 {
@@ -123,6 +124,7 @@ int es_app_create(es_config *cfg, unsigned roles, es_app **out)
     if ((rc = es_cache_open(cfg->cache_url, cfg, &app->cache))) goto fail;
     if ((rc = es_engine_create(cfg, app->store, app->broker, app->cache, &app->engine))) goto fail;
     if ((rc = es_jobs_register_builtin(app->engine))) goto fail;
+    if ((rc = es_uploads_register(app))) goto fail;
 
     if (roles & ES_ROLE_API) {
         bool loop = is_loopback(cfg->host);

@@ -21,6 +21,15 @@ int api_dlq_list(es_req *r);
 int api_dlq_retry(es_req *r);
 int api_dlq_delete(es_req *r);
 
+/* api_uploads.c */
+int api_uploads_start(es_req *r);
+int api_uploads_chunk(es_req *r, const char *data, size_t len);
+int api_uploads_end(es_req *r);
+int api_uploads_get(es_req *r);
+int api_uploads_list(es_req *r);
+int api_uploads_retry(es_req *r);
+int api_uploads_rejects(es_req *r);
+
 /* api_blobs.c: esteira's own signed-URL endpoint for the file: blob backend */
 int api_blob_put_start(es_req *r);
 int api_blob_put_chunk(es_req *r, const char *data, size_t len);

@@ -3,9 +3,10 @@
 #include "esteira/app.h"
 #include "http/api.h"
 
-#define PUB   ES_SCOPE_PUBLIC
-#define READ  (ES_SCOPE_READ | ES_SCOPE_ADMIN)
-#define ADMIN ES_SCOPE_ADMIN
+#define PUB    ES_SCOPE_PUBLIC
+#define READ   (ES_SCOPE_READ | ES_SCOPE_ADMIN)
+#define ADMIN  ES_SCOPE_ADMIN
+#define INGEST (ES_SCOPE_INGEST | ES_SCOPE_ADMIN)
 
 static const es_route routes[] = {
     /* operations */
@@ -27,6 +28,19 @@ static const es_route routes[] = {
      "Dead-lettered jobs (?kind=&limit=&cursor=)"},
     {"POST", "/v1/dlq/{id}/retry", ADMIN, api_dlq_retry, NULL, NULL, NULL, "Re-drive a dead job"},
     {"DELETE", "/v1/dlq/{id}", ADMIN, api_dlq_delete, NULL, NULL, NULL, "Discard a dead job"},
+    /* CSV uploads */
+    {"POST", "/v1/uploads", INGEST, api_uploads_end, api_uploads_start, api_uploads_chunk, NULL,
+     "Upload a CSV file (?dataset=) as text/csv or a multipart/form-data part; 202 once received"},
+    {"POST", "/upload", INGEST, api_uploads_end, api_uploads_start, api_uploads_chunk, NULL,
+     "Alias of POST /v1/uploads (multipart field csv; dataset defaults to debts)"},
+    {"GET", "/v1/uploads", READ, api_uploads_list, NULL, NULL, NULL,
+     "List uploads (?dataset=&status=&limit=&cursor=), newest first"},
+    {"GET", "/v1/uploads/{id}", READ, api_uploads_get, NULL, NULL, NULL,
+     "An upload: status, bytes, rows (total, inserted, duplicate, rejected), batches"},
+    {"GET", "/v1/uploads/{id}/rejects", READ, api_uploads_rejects, NULL, NULL, NULL,
+     "The rejected values of an upload, as CSV line,column,reason,raw"},
+    {"POST", "/v1/uploads/{id}/retry", INGEST, api_uploads_retry, NULL, NULL, NULL,
+     "Run the failed batches of a failed upload again"},
     /* signed URLs of the file: blob backend */
     {"PUT", "/v1/blobs/{key*}", PUB, api_blob_put_end, api_blob_put_start, api_blob_put_chunk,
      "/v1/blobs", "Upload an object with a signed URL"},

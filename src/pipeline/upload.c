@@ -1,0 +1,1019 @@
+/* upload.c - CSV uploads: receiving a file, cutting it into batches, and the
+ * upload_batch job that loads one batch.  The data flow is in upload.h.
+ *
+ * Batches are byte ranges of the stored source, cut where a record begins
+ * (es_csv_on_line), not copies of the rows: the broker carries a few hundred
+ * bytes per batch, each worker reads its range back and parses it, and the
+ * parsing and validation of a file spread over every worker. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "esteira/app.h"
+#include "esteira/csv.h"
+#include "esteira/err.h"
+#include "esteira/json.h"
+#include "esteira/log.h"
+#include "esteira/upload.h"
+
+#define COMP "uploads"
+
+#define BATCHES_MAX    (4 * 1024 * 1024) /* per upload: 4M batches of 1000 rows = 4G rows */
+#define TOUCH_EVERY_MS 2000              /* a receiving upload shows its bytes this often */
+#define REJECT_RAW_MAX 200               /* bytes of a rejected value kept */
+
+#define I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
+
+/* ================================================================ receiving */
+
+typedef struct batch_ref {
+    int64_t offset, length, line, rows;
+} batch_ref;
+
+struct es_upload_rx {
+    es_app *app;
+    char id[ES_UUID_LEN + 1];
+    char tenant[ES_TENANT_MAX + 1];
+    char *idem, *trace;
+    es_dataset ds;
+    es_blob_writer *w;
+    es_csv *csv;
+    bool header_done;
+    json_t *header; /* the header's fields, as sent */
+    json_t *problems;
+    char err[256];
+    int rc;
+    int64_t rows, last_touch;
+    batch_ref *batches;
+    size_t nbatches, cap;
+    batch_ref cur; /* the batch being cut; cur.rows < 0 = none open */
+};
+
+const char *es_upload_rx_id(const es_upload_rx *rx)
+{
+    return rx->id;
+}
+
+json_t *es_upload_rx_problems(const es_upload_rx *rx)
+{
+    return rx->problems;
+}
+
+const char *es_upload_rx_error(const es_upload_rx *rx)
+{
+    return rx->err;
+}
+
+static void rx_fail(es_upload_rx *rx, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void rx_fail(es_upload_rx *rx, int rc, const char *fmt, ...)
+{
+    if (rx->rc) return;
+    rx->rc = rc;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rx->err, sizeof rx->err, fmt, ap);
+    va_end(ap);
+}
+
+static int close_batch(es_upload_rx *rx, int64_t end)
+{
+    if (rx->cur.rows <= 0) { /* nothing but empty lines since the last cut */
+        rx->cur.rows = -1;
+        return ES_OK;
+    }
+    if (rx->nbatches == rx->cap) {
+        size_t ncap = rx->cap ? rx->cap * 2 : 256;
+        if (ncap > BATCHES_MAX) return ES_ELIMIT;
+        batch_ref *nb = realloc(rx->batches, ncap * sizeof *nb);
+        if (!nb) return ES_ENOMEM;
+        rx->batches = nb;
+        rx->cap = ncap;
+    }
+    rx->cur.length = end - rx->cur.offset;
+    rx->batches[rx->nbatches++] = rx->cur;
+    rx->cur.rows = -1;
+    return ES_OK;
+}
+
+/* A line starts between records: a batch may end here. */
+static void on_line(void *arg, int64_t offset, int64_t line)
+{
+    es_upload_rx *rx = arg;
+    if (!rx->header_done || rx->rc) return;
+    const es_config *cfg = rx->app->cfg;
+    if (rx->cur.rows >= 0 &&
+        (rx->cur.rows >= cfg->batch_rows || offset - rx->cur.offset >= cfg->batch_bytes)) {
+        int rc = close_batch(rx, offset);
+        if (rc) rx_fail(rx, rc, "too many batches (%d at most)", BATCHES_MAX);
+    }
+    if (rx->cur.rows < 0) rx->cur = (batch_ref){.offset = offset, .line = line, .rows = 0};
+}
+
+static int on_record(void *arg, int64_t line, const char *const *fields, const size_t *lens,
+                     int nfields)
+{
+    es_upload_rx *rx = arg;
+    if (rx->header_done) {
+        rx->rows++;
+        rx->cur.rows++;
+        return rx->rc ? 1 : 0;
+    }
+    es_header_map map;
+    json_t *problems = NULL;
+    int rc = es_dataset_map_header(&rx->ds, fields, lens, nfields, &map, &problems);
+    if (rc != ES_OK) {
+        rx->problems = problems;
+        rx_fail(rx, ES_EINVAL, "line %" PRId64 ": the header does not fit dataset %s", line,
+                rx->ds.name);
+        return 1;
+    }
+    json_decref(problems);
+    rx->header = json_array();
+    for (int i = 0; i < nfields && rx->header; i++)
+        json_array_append_new(rx->header, json_stringn(fields[i], lens[i]));
+    rx->header_done = true;
+    return 0;
+}
+
+static int exec_upload(es_app *app, const char *sql, int n, const char *const *p)
+{
+    return es_store_exec1(app->store, sql, n, p, NULL);
+}
+
+int es_upload_begin(es_app *app, const es_upload_req *req, es_upload_rx **out, json_t **existing)
+{
+    *out = NULL;
+    *existing = NULL;
+    es_dataset ds;
+    int rc = es_datasets_get(app->store, req->dataset, &ds);
+    if (rc) return rc;
+    if (req->idempotency_key) {
+        const char *p[] = {req->tenant, req->idempotency_key};
+        es_rows *r = NULL;
+        rc = es_store_exec1(app->store,
+                            "SELECT id FROM uploads WHERE tenant = $1 AND idempotency_key = $2", 2,
+                            p, &r);
+        if (rc == ES_OK && es_rows_count(r) == 1)
+            rc = es_upload_get(app, req->tenant, es_rows_get(r, 0, 0), existing);
+        es_rows_free(r);
+        if (rc || *existing) return rc;
+    }
+    if ((rc = es_datasets_ensure_table(app->store, &ds))) return rc;
+
+    es_upload_rx *rx = calloc(1, sizeof *rx);
+    if (!rx) return ES_ENOMEM;
+    rx->app = app;
+    rx->ds = ds;
+    rx->cur.rows = -1;
+    es_uuid7(rx->id);
+    es_strlcpy(rx->tenant, req->tenant, sizeof rx->tenant);
+    rx->idem = es_strdup(req->idempotency_key);
+    rx->trace = es_strdup(req->trace_id);
+    rx->last_touch = es_mono_ms();
+    es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
+                         .max_record = (size_t)app->cfg->csv_max_line,
+                         .max_fields = ES_DATASET_MAX_COLS * 2};
+    char key[128], now[24];
+    snprintf(key, sizeof key, "uploads/%s/source.csv", rx->id);
+    if ((rc = es_csv_create(&lim, on_record, rx, &rx->csv))) goto fail;
+    es_csv_on_line(rx->csv, on_line);
+    if ((rc = es_blob_writer_open(app->blob, key, "text/csv", &rx->w))) goto fail;
+    const char *p[] = {rx->id, rx->tenant, ds.name, req->filename, I64(now, es_now_ms())};
+    rc = exec_upload(app,
+                     "INSERT INTO uploads (id, tenant, dataset, status, filename, created_ms,"
+                     " updated_ms) VALUES ($1, $2, $3, 'receiving', $4, $5, $5)",
+                     5, p);
+    if (rc) goto fail;
+    es_info(COMP, "upload %s: receiving a file for dataset %s", rx->id, ds.name);
+    *out = rx;
+    return ES_OK;
+fail:
+    es_blob_abort(rx->w);
+    es_csv_destroy(rx->csv);
+    free(rx->idem);
+    free(rx->trace);
+    free(rx);
+    return rc;
+}
+
+static void rx_free(es_upload_rx *rx)
+{
+    es_blob_abort(rx->w);
+    es_csv_destroy(rx->csv);
+    json_decref(rx->header);
+    json_decref(rx->problems);
+    free(rx->batches);
+    free(rx->idem);
+    free(rx->trace);
+    free(rx);
+}
+
+static void mark_failed(es_app *app, const char *id, const char *why)
+{
+    char now[24];
+    const char *p[] = {id, why, I64(now, es_now_ms())};
+    if (exec_upload(app,
+                    "UPDATE uploads SET status = 'failed', error = $2, finished_ms = $3,"
+                    " updated_ms = $3 WHERE id = $1",
+                    3, p))
+        es_warn(COMP, "upload %s: could not record its failure", id);
+}
+
+void es_upload_abort(es_upload_rx *rx, const char *why)
+{
+    if (!rx) return;
+    es_warn(COMP, "upload %s failed while receiving: %s", rx->id, why);
+    mark_failed(rx->app, rx->id, why);
+    rx_free(rx);
+}
+
+int es_upload_feed(es_upload_rx *rx, const char *data, size_t len)
+{
+    if (rx->rc) return rx->rc;
+    int rc = es_blob_write(rx->w, data, len);
+    if (rc) {
+        rx_fail(rx, rc, "cannot store the file: %s", es_strerror(rc));
+        return rc;
+    }
+    rc = es_csv_feed(rx->csv, data, len);
+    if (rc && !rx->rc) rx_fail(rx, ES_EINVAL, "%s", es_csv_error(rx->csv));
+    if (rx->rc) return rx->rc;
+    int64_t now = es_mono_ms();
+    if (now - rx->last_touch >= TOUCH_EVERY_MS) {
+        rx->last_touch = now;
+        char b[24], t[24];
+        const char *p[] = {rx->id, I64(b, es_csv_bytes(rx->csv)), I64(t, es_now_ms())};
+        exec_upload(rx->app, "UPDATE uploads SET bytes = $2, updated_ms = $3 WHERE id = $1", 3, p);
+    }
+    return ES_OK;
+}
+
+/* The batch ledger, the batch jobs and the upload's new status, in one
+ * transaction: either the upload is queued with all its batches, or not. */
+static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], bool *idem_taken)
+{
+    es_app *app = rx->app;
+    es_store_conn *c;
+    int rc = es_store_acquire(app->store, &c);
+    if (rc) return rc;
+    if ((rc = es_store_begin(c))) goto release;
+    char *header = json_dumps(rx->header, JSON_COMPACT);
+    char payload[400], seq[24], rows[24], now[24], bytes[24], nb[24], total[24];
+    for (size_t i = 0; i < rx->nbatches && !rc; i++) {
+        const batch_ref *b = &rx->batches[i];
+        snprintf(payload, sizeof payload,
+                 "{\"upload\":\"%s\",\"seq\":%zu,\"offset\":%" PRId64 ",\"length\":%" PRId64
+                 ",\"line\":%" PRId64 ",\"rows\":%" PRId64 "}",
+                 rx->id, i + 1, b->offset, b->length, b->line, b->rows);
+        es_job_req jr = {.kind = ES_UPLOAD_KIND,
+                         .tenant = rx->tenant,
+                         .payload = payload,
+                         .trace_id = rx->trace};
+        rc = es_job_insert_tx(app->engine, c, &jr, ids[i]);
+        const char *p[] = {rx->id, I64(seq, (int64_t)(i + 1)), ids[i], I64(rows, b->rows)};
+        if (!rc)
+            rc = es_store_exec(c,
+                               "INSERT INTO upload_batches (upload_id, seq, job_id, rows)"
+                               " VALUES ($1, $2, $3, $4)",
+                               4, p, NULL);
+    }
+    int64_t t = es_now_ms();
+    const char *p[] = {rx->id,
+                       rx->nbatches ? "queued" : "done",
+                       header,
+                       I64(bytes, es_csv_bytes(rx->csv)),
+                       I64(total, rx->rows),
+                       I64(nb, (int64_t)rx->nbatches),
+                       I64(now, t),
+                       rx->idem};
+    if (!rc)
+        rc = es_store_exec(
+            c,
+            "UPDATE uploads SET status = $2, header = $3, bytes = $4, rows_total = $5,"
+            " batches_total = $6, updated_ms = $7, idempotency_key = $8,"
+            " finished_ms = CASE WHEN $2 = 'done' THEN $7 ELSE NULL END"
+            " WHERE id = $1 AND status = 'receiving'",
+            8, p, NULL);
+    free(header);
+    if (rc == ES_ECONFLICT && rx->idem) *idem_taken = true;
+    rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
+release:
+    es_store_release(c);
+    return rc;
+}
+
+int es_upload_end(es_upload_rx *rx, json_t **status)
+{
+    *status = NULL;
+    es_app *app = rx->app;
+    int rc = rx->rc;
+    if (!rc && es_csv_finish(rx->csv) != ES_OK && !rx->rc)
+        rx_fail(rx, ES_EINVAL, "%s", es_csv_error(rx->csv));
+    if (!rx->rc && !rx->header_done) rx_fail(rx, ES_EINVAL, "the file is empty: no header line");
+    if (!rx->rc) {
+        rc = close_batch(rx, es_csv_bytes(rx->csv));
+        if (rc) rx_fail(rx, rc, "too many batches (%d at most)", BATCHES_MAX);
+    }
+    if ((rc = rx->rc)) return rc; /* the caller answers, then aborts */
+    es_blob_writer *w = rx->w;
+    rx->w = NULL;
+    if ((rc = es_blob_commit(w))) {
+        rx_fail(rx, rc, "cannot store the file: %s", es_strerror(rc));
+        return rc;
+    }
+    char(*ids)[ES_UUID_LEN + 1] = calloc(rx->nbatches ? rx->nbatches : 1, sizeof *ids);
+    if (!ids) return rx->rc = ES_ENOMEM;
+    bool idem_taken = false;
+    rc = queue_batches(rx, ids, &idem_taken);
+    if (rc == ES_OK) {
+        es_info(COMP, "upload %s: %" PRId64 " bytes, %" PRId64 " rows in %zu batches", rx->id,
+                es_csv_bytes(rx->csv), rx->rows, rx->nbatches);
+        if (rx->nbatches)
+            es_job_publish_new(app->engine, ES_UPLOAD_KIND, ids, rx->nbatches, rx->trace);
+        rc = es_upload_get(app, rx->tenant, rx->id, status);
+    } else if (idem_taken) {
+        /* the same file was sent twice at once, and the other one got there first */
+        const char *p[] = {rx->tenant, rx->idem};
+        es_rows *r = NULL;
+        rc = es_store_exec1(app->store,
+                            "SELECT id FROM uploads WHERE tenant = $1 AND idempotency_key = $2", 2,
+                            p, &r);
+        if (rc == ES_OK && es_rows_count(r) == 1)
+            rc = es_upload_get(app, rx->tenant, es_rows_get(r, 0, 0), status);
+        es_rows_free(r);
+        const char *d[] = {rx->id};
+        exec_upload(app, "DELETE FROM uploads WHERE id = $1", 1, d);
+        char key[128];
+        snprintf(key, sizeof key, "uploads/%s/source.csv", rx->id);
+        es_blob_del(app->blob, key);
+    } else {
+        rx_fail(rx, rc, "cannot queue the upload: %s", es_strerror(rc));
+    }
+    free(ids);
+    if (rc == ES_OK) rx_free(rx);
+    return rc;
+}
+
+/* ================================================================ status */
+
+static json_t *iso_or_null(const char *ms)
+{
+    if (!ms) return json_null();
+    char buf[25];
+    es_time_iso(strtoll(ms, NULL, 10), buf);
+    return json_string(buf);
+}
+
+#define UPLOAD_COLS                                                                                \
+    "id, dataset, status, filename, error, bytes, rows_total, rows_inserted, rows_duplicate,"      \
+    " rows_rejected, batches_total, batches_done, created_ms, started_ms, finished_ms,"            \
+    " updated_ms, tenant"
+
+/* A receiving upload whose connection ended with its process (kill -9 of the
+ * API) stays `receiving`; one not touched for a while is shown as failed. */
+static const char *shown_status(es_app *app, const es_rows *r, int i)
+{
+    const char *st = es_rows_get(r, i, 2);
+    int64_t idle = es_now_ms() - es_rows_int(r, i, 15, 0);
+    if (!strcmp(st, "receiving") && idle > 2 * app->cfg->conn_timeout_ms + TOUCH_EVERY_MS)
+        return "failed";
+    return st;
+}
+
+static int64_t dead_batches(es_app *app, const char *id)
+{
+    const char *p[] = {id};
+    es_rows *r = NULL;
+    int64_t n = 0;
+    if (es_store_exec1(app->store,
+                       "SELECT count(*) FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
+                       " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
+                       " AND j.status IN ('dead', 'canceled')",
+                       1, p, &r) == ES_OK)
+        n = es_rows_int(r, 0, 0, 0);
+    es_rows_free(r);
+    return n;
+}
+
+static json_t *upload_json(es_app *app, const es_rows *r, int i)
+{
+    const char *status = shown_status(app, r, i);
+    const char *error = es_rows_get(r, i, 4);
+    if (strcmp(status, es_rows_get(r, i, 2)) != 0)
+        error = "the connection ended before the whole file was received";
+    int64_t failed = strcmp(status, "queued") && strcmp(status, "receiving")
+                         ? dead_batches(app, es_rows_get(r, i, 0))
+                         : 0;
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:o, s:I, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:{}, s:o, "
+        "s:o, s:o, s:o, s:o}",
+        "id", es_rows_get(r, i, 0), "dataset", es_rows_get(r, i, 1), "tenant",
+        es_rows_get(r, i, 16), "status", status, "filename",
+        es_rows_get(r, i, 3) ? json_string(es_rows_get(r, i, 3)) : json_null(), "bytes",
+        (json_int_t)es_rows_int(r, i, 5, 0), "rows", "total", (json_int_t)es_rows_int(r, i, 6, 0),
+        "inserted", (json_int_t)es_rows_int(r, i, 7, 0), "duplicate",
+        (json_int_t)es_rows_int(r, i, 8, 0), "rejected", (json_int_t)es_rows_int(r, i, 9, 0),
+        "batches", "total", (json_int_t)es_rows_int(r, i, 10, 0), "done",
+        (json_int_t)es_rows_int(r, i, 11, 0), "failed", (json_int_t)failed, "stages", "error",
+        error ? json_string(error) : json_null(), "createdAt", iso_or_null(es_rows_get(r, i, 12)),
+        "startedAt", iso_or_null(es_rows_get(r, i, 13)), "finishedAt",
+        iso_or_null(es_rows_get(r, i, 14)), "updatedAt", iso_or_null(es_rows_get(r, i, 15)));
+}
+
+int es_upload_get(es_app *app, const char *tenant, const char *id, json_t **out)
+{
+    *out = NULL;
+    if (!es_uuid_valid(id)) return ES_ENOTFOUND;
+    const char *p[] = {id, tenant};
+    es_rows *r = NULL;
+    int rc =
+        es_store_exec1(app->store,
+                       tenant ? "SELECT " UPLOAD_COLS " FROM uploads WHERE id = $1 AND tenant = $2"
+                              : "SELECT " UPLOAD_COLS " FROM uploads WHERE id = $1",
+                       tenant ? 2 : 1, p, &r);
+    if (rc) return rc;
+    if (es_rows_count(r) != 1) rc = ES_ENOTFOUND;
+    if (!rc && !(*out = upload_json(app, r, 0))) rc = ES_ENOMEM;
+    es_rows_free(r);
+    return rc;
+}
+
+int es_upload_list(es_app *app, const es_upload_filter *f, json_t **items, char **next)
+{
+    *items = NULL;
+    *next = NULL;
+    if (f->cursor && !es_uuid_valid(f->cursor)) return ES_EINVAL;
+    char lim[24];
+    const char *p[] = {f->tenant, f->dataset, f->status, f->cursor, I64(lim, f->limit + 1)};
+    es_rows *r = NULL;
+    int rc = es_store_exec1(app->store,
+                            "SELECT " UPLOAD_COLS " FROM uploads WHERE tenant = $1"
+                            " AND ($2 IS NULL OR dataset = $2) AND ($3 IS NULL OR status = $3)"
+                            " AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
+                            5, p, &r);
+    if (rc) return rc;
+    *items = json_array();
+    int n = es_rows_count(r);
+    for (int i = 0; i < n && i < f->limit; i++)
+        json_array_append_new(*items, upload_json(app, r, i));
+    if (n > f->limit) *next = strdup(es_rows_get(r, f->limit - 1, 0));
+    es_rows_free(r);
+    return ES_OK;
+}
+
+/* A CSV field: quoted when it must be. */
+static void csv_field(es_buf *b, const char *s, bool last)
+{
+    if (!s) s = "";
+    if (strpbrk(s, ",\"\r\n")) {
+        es_buf_puts(b, "\"");
+        for (const char *q = s; *q; q++) {
+            if (*q == '"') es_buf_puts(b, "\"");
+            es_buf_append(b, q, 1);
+        }
+        es_buf_puts(b, "\"");
+    } else {
+        es_buf_puts(b, s);
+    }
+    es_buf_puts(b, last ? "\n" : ",");
+}
+
+int es_upload_rejects_page(es_app *app, const char *id, const char *after, int limit, es_buf *out,
+                           char **next_after)
+{
+    *next_after = NULL;
+    char lim[24];
+    const char *p[] = {id, after ? after : "0", I64(lim, limit)};
+    es_rows *r = NULL;
+    /* ordered by line; within a line by column (the rows of one line are
+     * written in one batch, so a page never splits a line across a cursor
+     * that could skip some of it: the cursor is the last line, whole) */
+    int rc = es_store_exec1(app->store,
+                            "SELECT line, col, reason, raw FROM upload_rejects WHERE upload_id = $1"
+                            " AND line > $2 AND line <= (SELECT COALESCE(MAX(line), 0) FROM"
+                            " (SELECT DISTINCT line FROM upload_rejects WHERE upload_id = $1"
+                            " AND line > $2 ORDER BY line LIMIT $3) AS l)"
+                            " ORDER BY line, col",
+                            3, p, &r);
+    if (rc) return rc;
+    int n = es_rows_count(r);
+    for (int i = 0; i < n; i++) {
+        csv_field(out, es_rows_get(r, i, 0), false);
+        csv_field(out, es_rows_get(r, i, 1), false);
+        csv_field(out, es_rows_get(r, i, 2), false);
+        csv_field(out, es_rows_get(r, i, 3), true);
+    }
+    if (n > 0) *next_after = strdup(es_rows_get(r, n - 1, 0));
+    es_rows_free(r);
+    return ES_OK;
+}
+
+int es_upload_retry(es_app *app, const char *tenant, const char *id)
+{
+    json_t *u = NULL;
+    int rc = es_upload_get(app, tenant, id, &u);
+    if (rc) return rc;
+    const char *st = json_string_value(json_object_get(u, "status"));
+    bool received = json_integer_value(json_object_get(json_object_get(u, "batches"), "total")) > 0;
+    bool failed = st && !strcmp(st, "failed");
+    json_decref(u);
+    if (!failed || !received) return ES_ECONFLICT;
+    const char *p[] = {id};
+    es_rows *r = NULL;
+    rc = es_store_exec1(app->store,
+                        "SELECT b.job_id FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
+                        " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
+                        " AND j.status IN ('dead', 'canceled', 'error')",
+                        1, p, &r);
+    if (rc) return rc;
+    char now[24];
+    const char *q[] = {id, I64(now, es_now_ms())};
+    rc = exec_upload(app,
+                     "UPDATE uploads SET status = 'processing', error = NULL, finished_ms = NULL,"
+                     " updated_ms = $2 WHERE id = $1 AND status = 'failed'",
+                     2, q);
+    for (int i = 0; !rc && i < es_rows_count(r); i++) {
+        int jrc = es_job_retry(app->engine, NULL, es_rows_get(r, i, 0));
+        if (jrc && jrc != ES_ECONFLICT) rc = jrc;
+    }
+    es_rows_free(r);
+    if (!rc) es_info(COMP, "upload %s: retried", id);
+    return rc;
+}
+
+/* ================================================================ one batch */
+
+typedef struct batch_work {
+    es_app *app;
+    const es_dataset *ds;
+    const char *upload_id;
+    es_header_map map;
+    json_t *header;
+    int nfields;
+    const char *cols[ES_DATASET_MAX_COLS + 3]; /* tenant, mapped columns…, upload_id, line */
+    int ncols;
+    es_buf copy;    /* the accepted rows, COPY text */
+    es_buf json;    /* the batch object: a JSON array of row objects */
+    es_buf rejects; /* upload_rejects rows, COPY text */
+    es_buf scratch;
+    char row_head[ES_TENANT_MAX * 2 + 4]; /* tenant, escaped, and a tab */
+    size_t vstart[ES_DATASET_MAX_COLS * 2], vlen[ES_DATASET_MAX_COLS * 2];
+    int64_t rows, accepted, rejected;
+    int rc;
+} batch_work;
+
+/* The raw value of a rejected field: bounded, valid UTF-8 (anything else
+ * becomes '?'), so it can be stored and shown. */
+static void clean_raw(es_buf *out, const char *s, size_t n)
+{
+    es_buf_reset(out);
+    if (n > REJECT_RAW_MAX) n = REJECT_RAW_MAX;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80             ? 1
+                     : (c & 0xE0) == 0xC0 ? 2
+                     : (c & 0xF0) == 0xE0 ? 3
+                     : (c & 0xF8) == 0xF0 ? 4
+                                          : 0;
+        bool ok = len > 0 && i + len <= n && !(len == 2 && c < 0xC2);
+        for (size_t k = 1; ok && k < len; k++)
+            ok = ((unsigned char)s[i + k] & 0xC0) == 0x80;
+        if (ok) {
+            es_buf_append(out, s + i, len);
+            i += len;
+        } else {
+            es_buf_puts(out, "?");
+            i++;
+        }
+    }
+}
+
+static void add_reject(batch_work *w, int64_t line, const char *col, const char *reason,
+                       const char *raw, size_t rawlen)
+{
+    char l[24];
+    clean_raw(&w->scratch, raw, rawlen);
+    es_copy_field(&w->rejects, w->upload_id, strlen(w->upload_id), false);
+    es_copy_field(&w->rejects, l, (size_t)snprintf(l, sizeof l, "%lld", (long long)line), false);
+    es_copy_field(&w->rejects, col, strlen(col), false);
+    es_copy_field(&w->rejects, reason, strlen(reason), false);
+    es_copy_field(&w->rejects, w->scratch.data ? w->scratch.data : "", w->scratch.len, true);
+}
+
+static void json_str(es_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    es_buf_puts(b, "\"");
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        es_buf_append(b, s + run, i - run);
+        run = i + 1;
+        char esc[7] = {'\\', (char)c, 0};
+        if (c == '\n')
+            esc[1] = 'n';
+        else if (c == '\r')
+            esc[1] = 'r';
+        else if (c == '\t')
+            esc[1] = 't';
+        else if (c < 0x20)
+            snprintf(esc, sizeof esc, "\\u00%c%c", hex[c >> 4], hex[c & 15]);
+        es_buf_puts(b, esc);
+    }
+    es_buf_append(b, s + run, n - run);
+    es_buf_puts(b, "\"");
+}
+
+/* The row just written to w->copy, as a JSON object of the CSV's names. */
+static void row_json(batch_work *w, const char *const *fields)
+{
+    (void)fields;
+    es_buf_puts(&w->json, w->accepted > 1 ? ",\n{" : "{");
+    bool first = true;
+    for (int i = 0; i < w->nfields; i++) {
+        int col = w->map.col_of[i];
+        if (col < 0) continue;
+        const es_column *c = &w->ds->cols[col];
+        if (!first) es_buf_puts(&w->json, ",");
+        first = false;
+        json_str(&w->json, c->header, strlen(c->header));
+        es_buf_puts(&w->json, ":");
+        const char *v = w->copy.data + w->vstart[i];
+        size_t n = w->vlen[i];
+        if (n == 2 && v[0] == '\\' && v[1] == 'N') {
+            es_buf_puts(&w->json, "null");
+            continue;
+        }
+        switch (c->type) {
+        case ES_COL_INTEGER:
+        case ES_COL_BIGINT:
+        case ES_COL_DECIMAL:
+        case ES_COL_BOOLEAN: es_buf_append(&w->json, v, n); break;
+        default:
+            es_buf_reset(&w->scratch);
+            es_buf_append(&w->scratch, v, n);
+            n = es_copy_unescape(w->scratch.data, n);
+            if (c->type == ES_COL_JSON)
+                es_buf_append(&w->json, w->scratch.data, n);
+            else
+                json_str(&w->json, w->scratch.data, n);
+        }
+    }
+    es_buf_puts(&w->json, "}");
+}
+
+static int batch_record(void *arg, int64_t line, const char *const *fields, const size_t *lens,
+                        int nfields)
+{
+    batch_work *w = arg;
+    w->rows++;
+    if (nfields != w->nfields) {
+        char why[80];
+        snprintf(why, sizeof why, "expected %d fields, found %d", w->nfields, nfields);
+        add_reject(w, line, "", why, fields[0], lens[0]);
+        w->rejected++;
+        return 0;
+    }
+    size_t start = w->copy.len;
+    es_buf_puts(&w->copy, w->row_head);
+    bool bad = false;
+    for (int i = 0; i < nfields; i++) {
+        int col = w->map.col_of[i];
+        if (col < 0) continue;
+        const char *problem = NULL;
+        size_t at = w->copy.len;
+        int rc = es_value_normalize(&w->ds->cols[col], fields[i], lens[i], &w->copy, &problem);
+        if (rc == ES_EINVAL) {
+            add_reject(w, line, w->ds->cols[col].header, problem ? problem : "invalid", fields[i],
+                       lens[i]);
+            bad = true;
+            w->copy.len = at;
+        } else if (rc) {
+            w->rc = rc;
+            return 1;
+        }
+        w->vstart[i] = at;
+        w->vlen[i] = w->copy.len - at;
+        es_buf_puts(&w->copy, "\t");
+    }
+    if (bad) {
+        w->copy.len = start;
+        w->rejected++;
+        return 0;
+    }
+    char tail[80];
+    snprintf(tail, sizeof tail, "%s\t%lld\n", w->upload_id, (long long)line);
+    es_buf_puts(&w->copy, tail);
+    w->accepted++;
+    row_json(w, fields);
+    return 0;
+}
+
+typedef struct feed_arg {
+    es_csv *csv;
+} feed_arg;
+
+static int feed_sink(void *arg, const void *data, size_t len)
+{
+    feed_arg *f = arg;
+    int rc = es_csv_feed(f->csv, data, len);
+    return rc ? rc : 0;
+}
+
+typedef struct batch_msg {
+    char upload[ES_UUID_LEN + 1];
+    int64_t seq, offset, length, line, rows;
+} batch_msg;
+
+static int parse_msg(const char *payload, batch_msg *m)
+{
+    json_t *j = json_loads(payload ? payload : "", 0, NULL);
+    const char *u = json_string_value(json_object_get(j, "upload"));
+    int rc = u && es_uuid_valid(u) ? ES_OK : ES_EINVAL;
+    if (!rc) {
+        es_strlcpy(m->upload, u, sizeof m->upload);
+        m->seq = es_json_int(j, "seq", -1);
+        m->offset = es_json_int(j, "offset", -1);
+        m->length = es_json_int(j, "length", -1);
+        m->line = es_json_int(j, "line", -1);
+        m->rows = es_json_int(j, "rows", -1);
+        if (m->seq < 1 || m->offset < 0 || m->length < 0 || m->line < 1) rc = ES_EINVAL;
+    }
+    json_decref(j);
+    return rc;
+}
+
+/* Decides the upload's outcome once every batch is accounted for: done when
+ * all are done (failed when too many rows were rejected), failed when the rest
+ * are dead.  Runs inside a transaction that has just updated the upload's row,
+ * which serialises it with every other batch's. */
+static int settle(es_app *app, es_store_conn *c, const char *id, const char **final)
+{
+    *final = NULL;
+    const char *p[] = {id};
+    es_rows *r = NULL;
+    int rc = es_store_exec(c,
+                           "SELECT status, batches_done, batches_total, rows_total, rows_rejected"
+                           " FROM uploads WHERE id = $1",
+                           1, p, &r);
+    if (rc || es_rows_count(r) != 1) goto out;
+    const char *st = es_rows_get(r, 0, 0);
+    int64_t done = es_rows_int(r, 0, 1, 0), total = es_rows_int(r, 0, 2, 0);
+    int64_t rows = es_rows_int(r, 0, 3, 0), rejected = es_rows_int(r, 0, 4, 0);
+    if (strcmp(st, "queued") && strcmp(st, "processing")) goto out;
+    char why[160] = "";
+    if (done == total) {
+        int64_t maxp = app->cfg->reject_max_percent;
+        if (maxp < 100 && rows > 0 && rejected * 100 > maxp * rows)
+            snprintf(why, sizeof why, "%lld of %lld rows rejected, more than %lld%%",
+                     (long long)rejected, (long long)rows, (long long)maxp);
+        *final = why[0] ? "failed" : "done";
+    } else {
+        es_rows *d = NULL;
+        rc = es_store_exec(c,
+                           "SELECT count(*) FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
+                           " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
+                           " AND j.status IN ('dead', 'canceled')",
+                           1, p, &d);
+        int64_t dead = rc ? 0 : es_rows_int(d, 0, 0, 0);
+        es_rows_free(d);
+        if (rc || done + dead < total) goto out;
+        snprintf(why, sizeof why,
+                 "%lld of %lld batches failed (POST /v1/uploads/%s/retry runs them again)",
+                 (long long)dead, (long long)total, id);
+        *final = "failed";
+    }
+    char now[24];
+    const char *q[] = {id, *final, why[0] ? why : NULL, I64(now, es_now_ms())};
+    rc = es_store_exec(
+        c,
+        "UPDATE uploads SET status = $2, error = $3, finished_ms = $4, updated_ms = $4"
+        " WHERE id = $1",
+        4, q, NULL);
+out:
+    es_rows_free(r);
+    return rc;
+}
+
+static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
+{
+    es_app *app = w->app;
+    es_store_conn *c;
+    int rc = es_job_ctx_conn(ctx, &c);
+    if (rc) return rc;
+    int64_t inserted = 0;
+    if (w->copy.len)
+        rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len,
+                                 &inserted);
+    static const char *const rcols[] = {"upload_id", "line", "col", "reason", "raw"};
+    if (!rc && w->rejects.len)
+        rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->rejects.data, w->rejects.len);
+    char seq[24], ins[24], dup[24], rej[24], now[24];
+    int64_t t = es_now_ms();
+    const char *p[] = {m->upload,
+                       I64(seq, m->seq),
+                       I64(ins, inserted),
+                       I64(dup, w->accepted - inserted),
+                       I64(rej, w->rejected),
+                       I64(now, t)};
+    es_rows *r = NULL;
+    if (!rc)
+        rc = es_store_exec(c,
+                           "UPDATE upload_batches SET inserted = $3, duplicate = $4, rejected = $5,"
+                           " done_ms = $6 WHERE upload_id = $1 AND seq = $2 AND done_ms IS NULL",
+                           6, p, &r);
+    if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT; /* done meanwhile: roll back */
+    es_rows_free(r);
+    if (!rc)
+        rc = es_store_exec(
+            c,
+            "UPDATE uploads SET batches_done = batches_done + 1,"
+            " rows_inserted = rows_inserted + $3, rows_duplicate = rows_duplicate + $4,"
+            " rows_rejected = rows_rejected + $5,"
+            " status = CASE WHEN status = 'queued' THEN 'processing' ELSE status END,"
+            " started_ms = COALESCE(started_ms, $6), updated_ms = $6 WHERE id = $1",
+            6, p, NULL);
+    const char *final = NULL;
+    if (!rc) rc = settle(app, c, m->upload, &final);
+    if (!rc) {
+        char res[200];
+        snprintf(res, sizeof res,
+                 "{\"upload\":\"%s\",\"seq\":%lld,\"inserted\":%lld,\"duplicate\":%lld,"
+                 "\"rejected\":%lld,\"final\":%s%s%s}",
+                 m->upload, (long long)m->seq, (long long)inserted,
+                 (long long)(w->accepted - inserted), (long long)w->rejected, final ? "\"" : "",
+                 final ? final : "null", final ? "\"" : "");
+        es_job_set_result(ctx, res);
+    }
+    return rc;
+}
+
+static int batch_run(es_job_ctx *ctx, void *arg)
+{
+    es_app *app = arg;
+    const es_job *job = es_job_ctx_job(ctx);
+    batch_msg m;
+    if (parse_msg(job->payload, &m)) {
+        es_job_fail(ctx, true, "bad_payload", "not an upload batch: %.200s", job->payload);
+        return ES_EINVAL;
+    }
+    char seqs[24];
+    const char *p[] = {m.upload, I64(seqs, m.seq)};
+    es_rows *r = NULL;
+    int rc = es_store_exec1(app->store,
+                            "SELECT u.tenant, u.dataset, u.header, b.done_ms FROM uploads u"
+                            " JOIN upload_batches b ON b.upload_id = u.id AND b.seq = $2"
+                            " WHERE u.id = $1",
+                            2, p, &r);
+    if (rc) return rc;
+    if (es_rows_count(r) != 1) {
+        es_rows_free(r);
+        es_job_fail(ctx, true, "not_found", "upload %s has no batch %lld", m.upload,
+                    (long long)m.seq);
+        return ES_ENOTFOUND;
+    }
+    if (es_rows_get(r, 0, 3)) { /* applied already: a redelivery */
+        es_rows_free(r);
+        return ES_OK;
+    }
+    es_dataset ds;
+    batch_work w = {.app = app, .ds = &ds, .upload_id = m.upload};
+    es_buf_init(&w.copy, 0);
+    es_buf_init(&w.json, 0);
+    es_buf_init(&w.rejects, 0);
+    es_buf_init(&w.scratch, 0);
+    es_csv *csv = NULL;
+    rc = es_datasets_get(app->store, es_rows_get(r, 0, 1), &ds);
+    if (!rc) rc = es_datasets_ensure_table(app->store, &ds);
+    if (!rc) {
+        size_t tl = 0;
+        const char *tenant = es_rows_get(r, 0, 0);
+        es_buf head;
+        es_buf_init(&head, sizeof w.row_head - 1);
+        if (es_copy_field(&head, tenant, strlen(tenant), false) == ES_OK) tl = head.len;
+        memcpy(w.row_head, head.data, tl);
+        w.row_head[tl] = 0;
+        es_buf_finish(&head);
+        w.header = json_loads(es_rows_get(r, 0, 2) ? es_rows_get(r, 0, 2) : "", 0, NULL);
+        w.nfields = (int)json_array_size(w.header);
+        const char *f[ES_DATASET_MAX_COLS * 2];
+        size_t fl[ES_DATASET_MAX_COLS * 2];
+        for (int i = 0; i < w.nfields && i < ES_DATASET_MAX_COLS * 2; i++) {
+            f[i] = json_string_value(json_array_get(w.header, (size_t)i));
+            fl[i] = strlen(f[i] ? f[i] : "");
+        }
+        rc = w.nfields > 0 && w.nfields <= ES_DATASET_MAX_COLS * 2
+                 ? es_dataset_map_header(&ds, f, fl, w.nfields, &w.map, NULL)
+                 : ES_EINVAL;
+    }
+    es_rows_free(r);
+    if (rc) {
+        es_job_fail(ctx, rc == ES_EINVAL || rc == ES_ENOTFOUND, "bad_upload",
+                    "upload %s: its dataset or header is unusable (%s)", m.upload, es_strerror(rc));
+        goto out;
+    }
+    w.cols[w.ncols++] = "tenant";
+    for (int i = 0; i < w.nfields; i++)
+        if (w.map.col_of[i] >= 0) w.cols[w.ncols++] = ds.cols[w.map.col_of[i]].name;
+    w.cols[w.ncols++] = "upload_id";
+    w.cols[w.ncols++] = "line";
+
+    es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
+                         .max_record = (size_t)app->cfg->csv_max_line,
+                         .max_fields = ES_DATASET_MAX_COLS * 2};
+    if ((rc = es_csv_create(&lim, batch_record, &w, &csv))) goto out;
+    es_csv_start_at(csv, m.line);
+    char key[128];
+    snprintf(key, sizeof key, "uploads/%s/source.csv", m.upload);
+    es_buf_puts(&w.json, "[");
+    feed_arg fa = {csv};
+    rc = es_blob_get_range(app->blob, key, m.offset, m.length, feed_sink, &fa);
+    if (!rc) rc = es_csv_finish(csv);
+    if (w.rc) rc = w.rc;
+    if (rc) {
+        es_job_fail(ctx, false, "read_failed", "upload %s batch %lld: %s", m.upload,
+                    (long long)m.seq, es_csv_error(csv)[0] ? es_csv_error(csv) : es_strerror(rc));
+        goto out;
+    }
+    if (m.rows >= 0 && w.rows != m.rows)
+        es_warn(COMP, "upload %s batch %lld: %lld rows, the receiver counted %lld", m.upload,
+                (long long)m.seq, (long long)w.rows, (long long)m.rows);
+    es_buf_puts(&w.json, "]\n");
+    snprintf(key, sizeof key, "uploads/%s/batch-%06lld.json", m.upload, (long long)m.seq);
+    if ((rc = es_blob_put(app->blob, key, "application/json", w.json.data, w.json.len))) {
+        es_job_fail(ctx, false, "blob_failed", "cannot store %s: %s", key, es_strerror(rc));
+        goto out;
+    }
+    rc = load_batch(ctx, &w, &m);
+out:
+    es_csv_destroy(csv);
+    json_decref(w.header);
+    es_buf_finish(&w.copy);
+    es_buf_finish(&w.json);
+    es_buf_finish(&w.rejects);
+    es_buf_finish(&w.scratch);
+    return rc;
+}
+
+/* A dead batch may be the last one the upload waited for. */
+static int batch_dead(es_job_ctx *ctx, es_store_conn *c, void *arg)
+{
+    batch_msg m;
+    if (parse_msg(es_job_ctx_job(ctx)->payload, &m)) return ES_OK;
+    char now[24];
+    const char *p[] = {m.upload, I64(now, es_now_ms())};
+    int rc = es_store_exec(c, "UPDATE uploads SET updated_ms = $2 WHERE id = $1", 2, p, NULL);
+    const char *final = NULL;
+    if (!rc) rc = settle(arg, c, m.upload, &final);
+    if (!rc && final) es_warn(COMP, "upload %s is %s: a batch is dead", m.upload, final);
+    return rc;
+}
+
+/* Progress for whoever follows the upload (SSE), and upload.completed. */
+static void batch_done(es_job_ctx *ctx, void *arg)
+{
+    es_app *app = arg;
+    json_t *res = json_loads(es_job_ctx_result(ctx) ? es_job_ctx_result(ctx) : "", 0, NULL);
+    const char *id = json_string_value(json_object_get(res, "upload"));
+    const char *final = json_string_value(json_object_get(res, "final"));
+    if (id) {
+        char channel[64];
+        snprintf(channel, sizeof channel, "upload.%s", id);
+        char *text = json_dumps(res, JSON_COMPACT);
+        if (text) es_cache_publish(app->cache, channel, text, strlen(text));
+        free(text);
+    }
+    if (id && final) {
+        json_t *st = NULL;
+        if (es_upload_get(app, NULL, id, &st) == ES_OK) {
+            json_t *ev = json_pack("{s:s, s:O}", "type", "upload.completed", "upload", st);
+            char *text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+            if (text) {
+                es_cache_publish(app->cache, "events", text, strlen(text));
+                es_msg msg = {
+                    .queue = "events.upload.completed", .body = text, .len = strlen(text)};
+                if (es_broker_declare(app->broker, msg.queue) != ES_OK ||
+                    es_broker_publish(app->broker, &msg, 1) != ES_OK)
+                    es_warn(COMP, "upload %s: could not publish upload.completed", id);
+                es_info(COMP, "upload %s is %s", id, final);
+            }
+            free(text);
+            json_decref(ev);
+            json_decref(st);
+        }
+    }
+    json_decref(res);
+}
+
+int es_uploads_register(es_app *app)
+{
+    es_job_kind k = {.name = ES_UPLOAD_KIND,
+                     .run = batch_run,
+                     .arg = app,
+                     .on_dead = batch_dead,
+                     .after_done = batch_done};
+    return es_engine_register(app->engine, &k);
+}
