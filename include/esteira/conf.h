@@ -50,6 +50,7 @@ typedef struct es_config {
     /* uploads */
     int64_t batch_rows;         /* rows per batch */
     int64_t batch_bytes;        /* a batch is also cut at this many source bytes */
+    int64_t batches_per_job;    /* consecutive batches one job loads in one transaction; 0 = auto */
     int64_t csv_max_field;      /* bytes in one CSV field */
     int64_t csv_max_line;       /* bytes in one CSV record */
     int64_t reject_max_percent; /* an upload with more rejected rows fails (100 = never) */

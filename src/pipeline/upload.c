@@ -252,7 +252,14 @@ int es_upload_feed(es_upload_rx *rx, const char *data, size_t len)
 
 /* The batch ledger, the batch jobs and the upload's new status, in one
  * transaction: either the upload is queued with all its batches, or not. */
-static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], bool *idem_taken)
+static size_t group_size(const es_app *app)
+{
+    if (app->cfg->batches_per_job > 0) return (size_t)app->cfg->batches_per_job;
+    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? 32 : 1;
+}
+
+static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t *njobs_out,
+                         bool *idem_taken)
 {
     es_app *app = rx->app;
     es_store_conn *c;
@@ -260,25 +267,37 @@ static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], bool *i
     if (rc) return rc;
     if ((rc = es_store_begin(c))) goto release;
     char *header = json_dumps(rx->header, JSON_COMPACT);
-    char payload[400], seq[24], rows[24], now[24], bytes[24], nb[24], total[24];
-    for (size_t i = 0; i < rx->nbatches && !rc; i++) {
-        const batch_ref *b = &rx->batches[i];
-        snprintf(payload, sizeof payload,
-                 "{\"upload\":\"%s\",\"seq\":%zu,\"offset\":%" PRId64 ",\"length\":%" PRId64
-                 ",\"line\":%" PRId64 ",\"rows\":%" PRId64 "}",
-                 rx->id, i + 1, b->offset, b->length, b->line, b->rows);
+    char seq[24], rows[24], now[24], bytes[24], nb[24], total[24];
+    es_buf payload;
+    es_buf_init(&payload, 0);
+    size_t per = group_size(app), njobs = 0;
+    for (size_t first = 0; first < rx->nbatches && !rc; first += per, njobs++) {
+        size_t n = rx->nbatches - first < per ? rx->nbatches - first : per;
+        const batch_ref *a = &rx->batches[first], *z = &rx->batches[first + n - 1];
+        es_buf_reset(&payload);
+        es_buf_printf(&payload,
+                      "{\"upload\":\"%s\",\"seq\":%zu,\"count\":%zu,\"offset\":%" PRId64
+                      ",\"length\":%" PRId64 ",\"line\":%" PRId64 ",\"cuts\":[",
+                      rx->id, first + 1, n, a->offset, z->offset + z->length - a->offset, a->line);
+        for (size_t k = 1; k < n; k++)
+            es_buf_printf(&payload, "%s%" PRId64, k > 1 ? "," : "", a[k].line);
+        es_buf_puts(&payload, "]}");
         es_job_req jr = {.kind = ES_UPLOAD_KIND,
                          .tenant = rx->tenant,
-                         .payload = payload,
+                         .payload = es_buf_cstr(&payload),
                          .trace_id = rx->trace};
-        rc = es_job_insert_tx(app->engine, c, &jr, ids[i]);
-        const char *p[] = {rx->id, I64(seq, (int64_t)(i + 1)), ids[i], I64(rows, b->rows)};
-        if (!rc)
+        rc = es_job_insert_tx(app->engine, c, &jr, ids[njobs]);
+        for (size_t k = 0; k < n && !rc; k++) {
+            const char *p[] = {rx->id, I64(seq, (int64_t)(first + k + 1)), ids[njobs],
+                               I64(rows, a[k].rows)};
             rc = es_store_exec(c,
                                "INSERT INTO upload_batches (upload_id, seq, job_id, rows)"
                                " VALUES ($1, $2, $3, $4)",
                                4, p, NULL);
+        }
     }
+    es_buf_finish(&payload);
+    *njobs_out = njobs;
     int64_t t = es_now_ms();
     const char *p[] = {rx->id,
                        rx->nbatches ? "queued" : "done",
@@ -326,12 +345,12 @@ int es_upload_end(es_upload_rx *rx, json_t **status)
     char(*ids)[ES_UUID_LEN + 1] = calloc(rx->nbatches ? rx->nbatches : 1, sizeof *ids);
     if (!ids) return rx->rc = ES_ENOMEM;
     bool idem_taken = false;
-    rc = queue_batches(rx, ids, &idem_taken);
+    size_t njobs = 0;
+    rc = queue_batches(rx, ids, &njobs, &idem_taken);
     if (rc == ES_OK) {
-        es_info(COMP, "upload %s: %" PRId64 " bytes, %" PRId64 " rows in %zu batches", rx->id,
-                es_csv_bytes(rx->csv), rx->rows, rx->nbatches);
-        if (rx->nbatches)
-            es_job_publish_new(app->engine, ES_UPLOAD_KIND, ids, rx->nbatches, rx->trace);
+        es_info(COMP, "upload %s: %" PRId64 " bytes, %" PRId64 " rows in %zu batches, %zu jobs",
+                rx->id, es_csv_bytes(rx->csv), rx->rows, rx->nbatches, njobs);
+        if (njobs) es_job_publish_new(app->engine, ES_UPLOAD_KIND, ids, njobs, rx->trace);
         rc = es_upload_get(app, rx->tenant, rx->id, status);
     } else if (idem_taken) {
         /* the same file was sent twice at once, and the other one got there first */
@@ -545,6 +564,37 @@ int es_upload_retry(es_app *app, const char *tenant, const char *id)
 
 /* ================================================================ one batch */
 
+#define GROUP_MAX 1000 /* batches per job (the batches_per_job bound) */
+
+typedef struct batch_msg {
+    char upload[ES_UUID_LEN + 1];
+    int64_t seq, count, offset, length, line;
+    int64_t cuts[GROUP_MAX]; /* the first line of each batch after the first */
+} batch_msg;
+
+static int parse_msg(const char *payload, batch_msg *m)
+{
+    json_t *j = json_loads(payload ? payload : "", 0, NULL);
+    const char *u = json_string_value(json_object_get(j, "upload"));
+    json_t *cuts = json_object_get(j, "cuts");
+    int rc = u && es_uuid_valid(u) ? ES_OK : ES_EINVAL;
+    if (!rc) {
+        es_strlcpy(m->upload, u, sizeof m->upload);
+        m->seq = es_json_int(j, "seq", -1);
+        m->count = es_json_int(j, "count", 1);
+        m->offset = es_json_int(j, "offset", -1);
+        m->length = es_json_int(j, "length", -1);
+        m->line = es_json_int(j, "line", -1);
+        if (m->seq < 1 || m->offset < 0 || m->length < 0 || m->line < 1 || m->count < 1 ||
+            m->count > GROUP_MAX || (int64_t)json_array_size(cuts) != m->count - 1)
+            rc = ES_EINVAL;
+        for (size_t k = 0; !rc && k + 1 < (size_t)m->count; k++)
+            m->cuts[k] = json_integer_value(json_array_get(cuts, k));
+    }
+    json_decref(j);
+    return rc;
+}
+
 typedef struct batch_work {
     es_app *app;
     const es_dataset *ds;
@@ -560,7 +610,12 @@ typedef struct batch_work {
     es_buf scratch;
     char row_head[ES_TENANT_MAX * 2 + 4]; /* tenant, escaped, and a tab */
     size_t vstart[ES_DATASET_MAX_COLS * 2], vlen[ES_DATASET_MAX_COLS * 2];
-    int64_t rows, accepted, rejected;
+    const batch_msg *m;
+    int64_t cur; /* the batch of the group being read */
+    int64_t rows;
+    /* per batch of the group: where its rows end in copy, what became of them */
+    size_t copy_end[GROUP_MAX];
+    int64_t accepted[GROUP_MAX], rejected[GROUP_MAX];
     int rc;
 } batch_work;
 
@@ -631,7 +686,7 @@ static void json_str(es_buf *b, const char *s, size_t n)
 static void row_json(batch_work *w, const char *const *fields)
 {
     (void)fields;
-    es_buf_puts(&w->json, w->accepted > 1 ? ",\n{" : "{");
+    es_buf_puts(&w->json, w->accepted[w->cur] > 1 ? ",\n{" : "{");
     bool first = true;
     for (int i = 0; i < w->nfields; i++) {
         int col = w->map.col_of[i];
@@ -665,16 +720,34 @@ static void row_json(batch_work *w, const char *const *fields)
     es_buf_puts(&w->json, "}");
 }
 
+/* The current batch is read whole: its object is written (a deterministic
+ * name, so a retry overwrites it), its rows end here in w->copy. */
+static int end_batch(batch_work *w)
+{
+    char key[128];
+    snprintf(key, sizeof key, "uploads/%s/batch-%06lld.json", w->upload_id,
+             (long long)(w->m->seq + w->cur));
+    es_buf_puts(&w->json, "]\n");
+    int rc = es_blob_put(w->app->blob, key, "application/json", w->json.data, w->json.len);
+    if (rc) es_warn(COMP, "cannot store %s: %s", key, es_strerror(rc));
+    es_buf_reset(&w->json);
+    es_buf_puts(&w->json, "[");
+    w->copy_end[w->cur++] = w->copy.len;
+    return rc;
+}
+
 static int batch_record(void *arg, int64_t line, const char *const *fields, const size_t *lens,
                         int nfields)
 {
     batch_work *w = arg;
+    while (w->cur + 1 < w->m->count && line >= w->m->cuts[w->cur])
+        if ((w->rc = end_batch(w))) return 1;
     w->rows++;
     if (nfields != w->nfields) {
         char why[80];
         snprintf(why, sizeof why, "expected %d fields, found %d", w->nfields, nfields);
         add_reject(w, line, "", why, fields[0], lens[0]);
-        w->rejected++;
+        w->rejected[w->cur]++;
         return 0;
     }
     size_t start = w->copy.len;
@@ -701,13 +774,13 @@ static int batch_record(void *arg, int64_t line, const char *const *fields, cons
     }
     if (bad) {
         w->copy.len = start;
-        w->rejected++;
+        w->rejected[w->cur]++;
         return 0;
     }
     char tail[80];
     snprintf(tail, sizeof tail, "%s\t%lld\n", w->upload_id, (long long)line);
     es_buf_puts(&w->copy, tail);
-    w->accepted++;
+    w->accepted[w->cur]++;
     row_json(w, fields);
     return 0;
 }
@@ -721,29 +794,6 @@ static int feed_sink(void *arg, const void *data, size_t len)
     feed_arg *f = arg;
     int rc = es_csv_feed(f->csv, data, len);
     return rc ? rc : 0;
-}
-
-typedef struct batch_msg {
-    char upload[ES_UUID_LEN + 1];
-    int64_t seq, offset, length, line, rows;
-} batch_msg;
-
-static int parse_msg(const char *payload, batch_msg *m)
-{
-    json_t *j = json_loads(payload ? payload : "", 0, NULL);
-    const char *u = json_string_value(json_object_get(j, "upload"));
-    int rc = u && es_uuid_valid(u) ? ES_OK : ES_EINVAL;
-    if (!rc) {
-        es_strlcpy(m->upload, u, sizeof m->upload);
-        m->seq = es_json_int(j, "seq", -1);
-        m->offset = es_json_int(j, "offset", -1);
-        m->length = es_json_int(j, "length", -1);
-        m->line = es_json_int(j, "line", -1);
-        m->rows = es_json_int(j, "rows", -1);
-        if (m->seq < 1 || m->offset < 0 || m->length < 0 || m->line < 1) rc = ES_EINVAL;
-    }
-    json_decref(j);
-    return rc;
 }
 
 /* Decides the upload's outcome once every batch is accounted for: done when
@@ -804,47 +854,56 @@ static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
     es_store_conn *c;
     int rc = es_job_ctx_conn(ctx, &c);
     if (rc) return rc;
-    int64_t inserted = 0;
-    if (w->copy.len)
-        rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len,
-                                 &inserted);
+    int64_t ins_all = 0, acc_all = 0, rej_all = 0, t = es_now_ms();
     static const char *const rcols[] = {"upload_id", "line", "col", "reason", "raw"};
-    if (!rc && w->rejects.len)
+    if (w->rejects.len)
         rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->rejects.data, w->rejects.len);
-    char seq[24], ins[24], dup[24], rej[24], now[24];
-    int64_t t = es_now_ms();
-    const char *p[] = {m->upload,
-                       I64(seq, m->seq),
-                       I64(ins, inserted),
-                       I64(dup, w->accepted - inserted),
-                       I64(rej, w->rejected),
-                       I64(now, t)};
-    es_rows *r = NULL;
-    if (!rc)
-        rc = es_store_exec(c,
-                           "UPDATE upload_batches SET inserted = $3, duplicate = $4, rejected = $5,"
-                           " done_ms = $6 WHERE upload_id = $1 AND seq = $2 AND done_ms IS NULL",
-                           6, p, &r);
-    if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT; /* done meanwhile: roll back */
-    es_rows_free(r);
+    char seq[24], ins[24], dup[24], rej[24], now[24], cnt[24];
+    for (int64_t k = 0; k < m->count && !rc; k++) {
+        size_t from = k ? w->copy_end[k - 1] : 0, to = w->copy_end[k];
+        int64_t inserted = 0;
+        if (to > from)
+            rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data + from,
+                                     to - from, &inserted);
+        const char *p[] = {m->upload,
+                           I64(seq, m->seq + k),
+                           I64(ins, inserted),
+                           I64(dup, w->accepted[k] - inserted),
+                           I64(rej, w->rejected[k]),
+                           I64(now, t)};
+        es_rows *r = NULL;
+        if (!rc)
+            rc = es_store_exec(c,
+                               "UPDATE upload_batches SET inserted = $3, duplicate = $4,"
+                               " rejected = $5, done_ms = $6"
+                               " WHERE upload_id = $1 AND seq = $2 AND done_ms IS NULL",
+                               6, p, &r);
+        if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT; /* done meanwhile: roll back */
+        es_rows_free(r);
+        ins_all += inserted;
+        acc_all += w->accepted[k];
+        rej_all += w->rejected[k];
+    }
+    const char *p[] = {m->upload,         I64(ins, ins_all), I64(dup, acc_all - ins_all),
+                       I64(rej, rej_all), I64(now, t),       I64(cnt, m->count)};
     if (!rc)
         rc = es_store_exec(
             c,
-            "UPDATE uploads SET batches_done = batches_done + 1,"
-            " rows_inserted = rows_inserted + $3, rows_duplicate = rows_duplicate + $4,"
-            " rows_rejected = rows_rejected + $5,"
+            "UPDATE uploads SET batches_done = batches_done + $6,"
+            " rows_inserted = rows_inserted + $2, rows_duplicate = rows_duplicate + $3,"
+            " rows_rejected = rows_rejected + $4,"
             " status = CASE WHEN status = 'queued' THEN 'processing' ELSE status END,"
-            " started_ms = COALESCE(started_ms, $6), updated_ms = $6 WHERE id = $1",
+            " started_ms = COALESCE(started_ms, $5), updated_ms = $5 WHERE id = $1",
             6, p, NULL);
     const char *final = NULL;
     if (!rc) rc = settle(app, c, m->upload, &final);
     if (!rc) {
-        char res[200];
+        char res[240];
         snprintf(res, sizeof res,
-                 "{\"upload\":\"%s\",\"seq\":%lld,\"inserted\":%lld,\"duplicate\":%lld,"
-                 "\"rejected\":%lld,\"final\":%s%s%s}",
-                 m->upload, (long long)m->seq, (long long)inserted,
-                 (long long)(w->accepted - inserted), (long long)w->rejected, final ? "\"" : "",
+                 "{\"upload\":\"%s\",\"seq\":%lld,\"count\":%lld,\"inserted\":%lld,"
+                 "\"duplicate\":%lld,\"rejected\":%lld,\"final\":%s%s%s}",
+                 m->upload, (long long)m->seq, (long long)m->count, (long long)ins_all,
+                 (long long)(acc_all - ins_all), (long long)rej_all, final ? "\"" : "",
                  final ? final : "null", final ? "\"" : "");
         es_job_set_result(ctx, res);
     }
@@ -880,7 +939,7 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         return ES_OK;
     }
     es_dataset ds;
-    batch_work w = {.app = app, .ds = &ds, .upload_id = m.upload};
+    batch_work w = {.app = app, .ds = &ds, .upload_id = m.upload, .m = &m};
     es_buf_init(&w.copy, 0);
     es_buf_init(&w.json, 0);
     es_buf_init(&w.rejects, 0);
@@ -938,13 +997,11 @@ static int batch_run(es_job_ctx *ctx, void *arg)
                     (long long)m.seq, es_csv_error(csv)[0] ? es_csv_error(csv) : es_strerror(rc));
         goto out;
     }
-    if (m.rows >= 0 && w.rows != m.rows)
-        es_warn(COMP, "upload %s batch %lld: %lld rows, the receiver counted %lld", m.upload,
-                (long long)m.seq, (long long)w.rows, (long long)m.rows);
-    es_buf_puts(&w.json, "]\n");
-    snprintf(key, sizeof key, "uploads/%s/batch-%06lld.json", m.upload, (long long)m.seq);
-    if ((rc = es_blob_put(app->blob, key, "application/json", w.json.data, w.json.len))) {
-        es_job_fail(ctx, false, "blob_failed", "cannot store %s: %s", key, es_strerror(rc));
+    while (!rc && w.cur < m.count)
+        rc = end_batch(&w);
+    if (rc) {
+        es_job_fail(ctx, false, "blob_failed", "upload %s batch %lld: cannot store its object (%s)",
+                    m.upload, (long long)(m.seq + w.cur), es_strerror(rc));
         goto out;
     }
     rc = load_batch(ctx, &w, &m);
