@@ -72,6 +72,15 @@ const char *es_upload_rx_id(const es_upload_rx *rx);
 json_t *es_upload_rx_problems(const es_upload_rx *rx); /* borrowed; NULL when none */
 const char *es_upload_rx_error(const es_upload_rx *rx);
 
+/* ---- presigned: the client PUTs the file straight to storage */
+/* {id, dataset, status, url, method, headers, expiresAt}; ES_ELIMIT when size
+ * is over ESTEIRA_MAX_UPLOAD. */
+int es_upload_presign(struct es_app *app, const es_upload_req *req, int64_t size, json_t **out);
+/* The PUT is done: a worker (job upload_scan) reads the object through the
+ * same receiver.  ES_ECONFLICT when the object is not there; ES_EINVAL when
+ * the upload is not a presigned one.  Idempotent. */
+int es_upload_complete(struct es_app *app, const char *tenant, const char *id, json_t **out);
+
 /* ---- reading */
 /* SPEC.md's view: {id, dataset, status, bytes, rows:{…}, batches:{…}, …} */
 int es_upload_get(struct es_app *app, const char *tenant, const char *id, json_t **out);

@@ -82,6 +82,8 @@ static const migration migrations[] = {
      " dataset text NOT NULL,"
      " status text NOT NULL,"
      " filename text,"
+     " origin text NOT NULL DEFAULT 'http',"
+     " expires_ms bigint,"
      " header text,"
      " error text,"
      " idempotency_key text,"

@@ -29,6 +29,8 @@ int api_uploads_get(es_req *r);
 int api_uploads_list(es_req *r);
 int api_uploads_retry(es_req *r);
 int api_uploads_rejects(es_req *r);
+int api_uploads_presign(es_req *r);
+int api_uploads_complete(es_req *r);
 
 /* api_blobs.c: esteira's own signed-URL endpoint for the file: blob backend */
 int api_blob_put_start(es_req *r);

@@ -258,3 +258,57 @@ int api_uploads_rejects(es_req *r)
     es_buf_init(&s->buf, 0);
     return es_reply_stream(r, 200, "text/csv", -1, rejects_read, s, rejects_free);
 }
+
+/* ---- presigned: POST /v1/uploads/presign, then PUT, then …/complete */
+
+int api_uploads_presign(es_req *r)
+{
+    json_t *body = NULL;
+    if (es_req_json(r, &body)) return ES_OK; /* answered */
+    json_t *details = json_array();
+    const char *dataset = json_string_value(json_object_get(body, "dataset"));
+    json_t *filename = json_object_get(body, "filename"), *size = json_object_get(body, "size");
+    if (!json_is_object(body))
+        json_array_append_new(
+            details, json_pack("{s:s, s:s}", "field", "", "problem", "must be a JSON object"));
+    else if (!dataset)
+        json_array_append_new(
+            details, json_pack("{s:s, s:s}", "field", "dataset", "problem", "required string"));
+    if (filename && !json_is_string(filename))
+        json_array_append_new(details,
+                              json_pack("{s:s, s:s}", "field", "filename", "problem", "a string"));
+    if (size && (!json_is_integer(size) || json_integer_value(size) < 0))
+        json_array_append_new(details, json_pack("{s:s, s:s}", "field", "size", "problem",
+                                                 "a non-negative integer (bytes)"));
+    if (json_array_size(details)) {
+        json_decref(body);
+        return es_reply_error(r, 400, "validation_failed", "invalid presign request", details);
+    }
+    json_decref(details);
+    es_upload_req req = {.tenant = es_req_tenant(r),
+                         .dataset = dataset,
+                         .filename = json_string_value(filename),
+                         .idempotency_key = es_req_header(r, "Idempotency-Key")};
+    json_t *out = NULL;
+    int rc = es_upload_presign(es_req_app(r), &req, size ? json_integer_value(size) : 0, &out);
+    json_decref(body);
+    if (rc == ES_ENOTFOUND) return es_reply_error(r, 404, "not_found", "no such dataset", NULL);
+    if (rc == ES_ELIMIT)
+        return es_reply_error(r, 413, "payload_too_large", "size is over the upload limit", NULL);
+    if (rc) return es_reply_err(r, rc, "cannot presign the upload");
+    return es_reply_json(r, 201, out);
+}
+
+int api_uploads_complete(es_req *r)
+{
+    json_t *out = NULL;
+    int rc = es_upload_complete(es_req_app(r), es_req_tenant(r), es_req_param(r, "id"), &out);
+    if (rc == ES_ECONFLICT)
+        return es_reply_error(r, 409, "conflict", "the file has not been uploaded to its URL yet",
+                              NULL);
+    if (rc == ES_EINVAL)
+        return es_reply_error(r, 409, "conflict", "this upload was not made with a presigned URL",
+                              NULL);
+    if (rc) return es_reply_err(r, rc, rc == ES_ENOTFOUND ? "no such upload" : NULL);
+    return es_reply_json(r, 202, out);
+}

@@ -41,6 +41,10 @@ static const es_route routes[] = {
      "The rejected values of an upload, as CSV line,column,reason,raw"},
     {"POST", "/v1/uploads/{id}/retry", INGEST, api_uploads_retry, NULL, NULL, NULL,
      "Run the failed batches of a failed upload again"},
+    {"POST", "/v1/uploads/presign", INGEST, api_uploads_presign, NULL, NULL, NULL,
+     "A signed URL to PUT a CSV straight to storage {dataset, filename?, size?}"},
+    {"POST", "/v1/uploads/{id}/complete", INGEST, api_uploads_complete, NULL, NULL, NULL,
+     "The presigned PUT is done: a worker reads the file from storage"},
     /* signed URLs of the file: blob backend */
     {"PUT", "/v1/blobs/{key*}", PUB, api_blob_put_end, api_blob_put_start, api_blob_put_chunk,
      "/v1/blobs", "Upload an object with a signed URL"},

@@ -19,9 +19,11 @@
 
 #define COMP "uploads"
 
-#define BATCHES_MAX    (4 * 1024 * 1024) /* per upload: 4M batches of 1000 rows = 4G rows */
-#define TOUCH_EVERY_MS 2000              /* a receiving upload shows its bytes this often */
-#define REJECT_RAW_MAX 200               /* bytes of a rejected value kept */
+#define BATCHES_MAX      (4 * 1024 * 1024) /* per upload: 4M batches of 1000 rows = 4G rows */
+#define TOUCH_EVERY_MS   2000              /* a receiving upload shows its bytes this often */
+#define REJECT_RAW_MAX   200               /* bytes of a rejected value kept */
+#define PRESIGN_GRACE_MS (60 * 1000)       /* a PUT begun just before expiry may still finish */
+#define SCAN_KIND        "upload_scan"
 
 #define I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
 
@@ -142,6 +144,54 @@ static int exec_upload(es_app *app, const char *sql, int n, const char *const *p
     return es_store_exec1(app->store, sql, n, p, NULL);
 }
 
+static void rx_free(es_upload_rx *rx);
+
+/* A receiver for upload `id` (NULL = a new id): with a writer of the
+ * source when the bytes come through us, without when they are in storage
+ * already (presigned uploads). */
+static int rx_new(es_app *app, const es_dataset *ds, const char *tenant, const char *id,
+                  bool write_source, es_upload_rx **out)
+{
+    es_upload_rx *rx = calloc(1, sizeof *rx);
+    if (!rx) return ES_ENOMEM;
+    rx->app = app;
+    rx->ds = *ds;
+    rx->cur.rows = -1;
+    if (id)
+        es_strlcpy(rx->id, id, sizeof rx->id);
+    else
+        es_uuid7(rx->id);
+    es_strlcpy(rx->tenant, tenant, sizeof rx->tenant);
+    rx->last_touch = es_mono_ms();
+    es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
+                         .max_record = (size_t)app->cfg->csv_max_line,
+                         .max_fields = ES_DATASET_MAX_COLS * 2};
+    char key[128];
+    snprintf(key, sizeof key, "uploads/%s/source.csv", rx->id);
+    int rc = es_csv_create(&lim, on_record, rx, &rx->csv);
+    if (!rc) es_csv_on_line(rx->csv, on_line);
+    if (!rc && write_source) rc = es_blob_writer_open(app->blob, key, "text/csv", &rx->w);
+    if (rc) {
+        es_csv_destroy(rx->csv);
+        free(rx);
+        return rc;
+    }
+    *out = rx;
+    return ES_OK;
+}
+
+static int find_idem(es_app *app, const char *tenant, const char *key, json_t **existing)
+{
+    const char *p[] = {tenant, key};
+    es_rows *r = NULL;
+    int rc = es_store_exec1(
+        app->store, "SELECT id FROM uploads WHERE tenant = $1 AND idempotency_key = $2", 2, p, &r);
+    if (rc == ES_OK && es_rows_count(r) == 1)
+        rc = es_upload_get(app, tenant, es_rows_get(r, 0, 0), existing);
+    es_rows_free(r);
+    return rc;
+}
+
 int es_upload_begin(es_app *app, const es_upload_req *req, es_upload_rx **out, json_t **existing)
 {
     *out = NULL;
@@ -149,53 +199,27 @@ int es_upload_begin(es_app *app, const es_upload_req *req, es_upload_rx **out, j
     es_dataset ds;
     int rc = es_datasets_get(app->store, req->dataset, &ds);
     if (rc) return rc;
-    if (req->idempotency_key) {
-        const char *p[] = {req->tenant, req->idempotency_key};
-        es_rows *r = NULL;
-        rc = es_store_exec1(app->store,
-                            "SELECT id FROM uploads WHERE tenant = $1 AND idempotency_key = $2", 2,
-                            p, &r);
-        if (rc == ES_OK && es_rows_count(r) == 1)
-            rc = es_upload_get(app, req->tenant, es_rows_get(r, 0, 0), existing);
-        es_rows_free(r);
-        if (rc || *existing) return rc;
-    }
+    if (req->idempotency_key &&
+        ((rc = find_idem(app, req->tenant, req->idempotency_key, existing)) || *existing))
+        return rc;
     if ((rc = es_datasets_ensure_table(app->store, &ds))) return rc;
-
-    es_upload_rx *rx = calloc(1, sizeof *rx);
-    if (!rx) return ES_ENOMEM;
-    rx->app = app;
-    rx->ds = ds;
-    rx->cur.rows = -1;
-    es_uuid7(rx->id);
-    es_strlcpy(rx->tenant, req->tenant, sizeof rx->tenant);
+    es_upload_rx *rx;
+    if ((rc = rx_new(app, &ds, req->tenant, NULL, true, &rx))) return rc;
     rx->idem = es_strdup(req->idempotency_key);
     rx->trace = es_strdup(req->trace_id);
-    rx->last_touch = es_mono_ms();
-    es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
-                         .max_record = (size_t)app->cfg->csv_max_line,
-                         .max_fields = ES_DATASET_MAX_COLS * 2};
-    char key[128], now[24];
-    snprintf(key, sizeof key, "uploads/%s/source.csv", rx->id);
-    if ((rc = es_csv_create(&lim, on_record, rx, &rx->csv))) goto fail;
-    es_csv_on_line(rx->csv, on_line);
-    if ((rc = es_blob_writer_open(app->blob, key, "text/csv", &rx->w))) goto fail;
+    char now[24];
     const char *p[] = {rx->id, rx->tenant, ds.name, req->filename, I64(now, es_now_ms())};
     rc = exec_upload(app,
                      "INSERT INTO uploads (id, tenant, dataset, status, filename, created_ms,"
                      " updated_ms) VALUES ($1, $2, $3, 'receiving', $4, $5, $5)",
                      5, p);
-    if (rc) goto fail;
+    if (rc) {
+        rx_free(rx);
+        return rc;
+    }
     es_info(COMP, "upload %s: receiving a file for dataset %s", rx->id, ds.name);
     *out = rx;
     return ES_OK;
-fail:
-    es_blob_abort(rx->w);
-    es_csv_destroy(rx->csv);
-    free(rx->idem);
-    free(rx->trace);
-    free(rx);
-    return rc;
 }
 
 static void rx_free(es_upload_rx *rx)
@@ -232,7 +256,7 @@ void es_upload_abort(es_upload_rx *rx, const char *why)
 int es_upload_feed(es_upload_rx *rx, const char *data, size_t len)
 {
     if (rx->rc) return rx->rc;
-    int rc = es_blob_write(rx->w, data, len);
+    int rc = rx->w ? es_blob_write(rx->w, data, len) : ES_OK;
     if (rc) {
         rx_fail(rx, rc, "cannot store the file: %s", es_strerror(rc));
         return rc;
@@ -338,7 +362,7 @@ int es_upload_end(es_upload_rx *rx, json_t **status)
     if ((rc = rx->rc)) return rc; /* the caller answers, then aborts */
     es_blob_writer *w = rx->w;
     rx->w = NULL;
-    if ((rc = es_blob_commit(w))) {
+    if (w && (rc = es_blob_commit(w))) {
         rx_fail(rx, rc, "cannot store the file: %s", es_strerror(rc));
         return rc;
     }
@@ -388,17 +412,18 @@ static json_t *iso_or_null(const char *ms)
 #define UPLOAD_COLS                                                                                \
     "id, dataset, status, filename, error, bytes, rows_total, rows_inserted, rows_duplicate,"      \
     " rows_rejected, batches_total, batches_done, created_ms, started_ms, finished_ms,"            \
-    " updated_ms, tenant"
+    " updated_ms, tenant, origin, expires_ms"
 
 /* A receiving upload whose connection ended with its process (kill -9 of the
  * API) stays `receiving`; one not touched for a while is shown as failed. */
 static const char *shown_status(es_app *app, const es_rows *r, int i)
 {
     const char *st = es_rows_get(r, i, 2);
-    int64_t idle = es_now_ms() - es_rows_int(r, i, 15, 0);
-    if (!strcmp(st, "receiving") && idle > 2 * app->cfg->conn_timeout_ms + TOUCH_EVERY_MS)
-        return "failed";
-    return st;
+    if (strcmp(st, "receiving") != 0) return st;
+    int64_t now = es_now_ms(), idle = now - es_rows_int(r, i, 15, 0);
+    if (!strcmp(es_rows_get(r, i, 17), "presigned"))
+        return now > es_rows_int(r, i, 18, INT64_MAX) + PRESIGN_GRACE_MS ? "failed" : st;
+    return idle > 2 * app->cfg->conn_timeout_ms + TOUCH_EVERY_MS ? "failed" : st;
 }
 
 static int64_t dead_batches(es_app *app, const char *id)
@@ -421,7 +446,9 @@ static json_t *upload_json(es_app *app, const es_rows *r, int i)
     const char *status = shown_status(app, r, i);
     const char *error = es_rows_get(r, i, 4);
     if (strcmp(status, es_rows_get(r, i, 2)) != 0)
-        error = "the connection ended before the whole file was received";
+        error = strcmp(es_rows_get(r, i, 17), "presigned")
+                    ? "the connection ended before the whole file was received"
+                    : "the upload was not completed before its URL expired";
     int64_t failed = strcmp(status, "queued") && strcmp(status, "receiving")
                          ? dead_batches(app, es_rows_get(r, i, 0))
                          : 0;
@@ -1065,8 +1092,153 @@ static void batch_done(es_job_ctx *ctx, void *arg)
     json_decref(res);
 }
 
+/* ================================================================ presigned uploads */
+
+static int scan_sink(void *arg, const void *data, size_t len)
+{
+    int rc = es_upload_feed(arg, data, len);
+    return rc == ES_EINVAL ? ES_EINVAL : rc;
+}
+
+int es_upload_presign(es_app *app, const es_upload_req *req, int64_t size, json_t **out)
+{
+    *out = NULL;
+    es_dataset ds;
+    int rc = es_datasets_get(app->store, req->dataset, &ds);
+    if (rc) return rc;
+    if (size > app->cfg->max_upload) return ES_ELIMIT;
+    if ((rc = es_datasets_ensure_table(app->store, &ds))) return rc;
+    char id[ES_UUID_LEN + 1], key[128], now[24], exp[24];
+    es_uuid7(id);
+    snprintf(key, sizeof key, "uploads/%s/source.csv", id);
+    int64_t ttl_s = app->cfg->signed_url_ttl_ms / 1000, t = es_now_ms();
+    char *url = NULL;
+    if ((rc = es_blob_presign(app->blob, "PUT", key, "text/csv", ttl_s, &url))) return rc;
+    const char *p[] = {id,
+                       req->tenant,
+                       ds.name,
+                       req->filename,
+                       I64(now, t),
+                       I64(exp, t + ttl_s * 1000),
+                       req->idempotency_key};
+    rc = exec_upload(app,
+                     "INSERT INTO uploads (id, tenant, dataset, status, filename, origin,"
+                     " expires_ms, idempotency_key, created_ms, updated_ms)"
+                     " VALUES ($1, $2, $3, 'receiving', $4, 'presigned', $6, $7, $5, $5)",
+                     7, p);
+    if (rc == ES_ECONFLICT && req->idempotency_key) {
+        free(url);
+        json_t *existing = NULL;
+        rc = find_idem(app, req->tenant, req->idempotency_key, &existing);
+        if (!rc && !existing) rc = ES_ENOTFOUND;
+        *out = existing;
+        return rc;
+    }
+    if (rc) {
+        free(url);
+        return rc;
+    }
+    char at[25];
+    es_time_iso(t + ttl_s * 1000, at);
+    *out = json_pack("{s:s, s:s, s:s, s:s, s:{s:s}, s:s, s:s}", "id", id, "dataset", ds.name,
+                     "status", "receiving", "url", url, "headers", "Content-Type", "text/csv",
+                     "method", "PUT", "expiresAt", at);
+    free(url);
+    es_info(COMP, "upload %s: presigned for dataset %s", id, ds.name);
+    return *out ? ES_OK : ES_ENOMEM;
+}
+
+int es_upload_complete(es_app *app, const char *tenant, const char *id, json_t **out)
+{
+    *out = NULL;
+    if (!es_uuid_valid(id)) return ES_ENOTFOUND;
+    const char *p[] = {id, tenant};
+    es_rows *r = NULL;
+    int rc = es_store_exec1(
+        app->store, "SELECT status, origin FROM uploads WHERE id = $1 AND tenant = $2", 2, p, &r);
+    if (rc) return rc;
+    if (es_rows_count(r) != 1) rc = ES_ENOTFOUND;
+    bool presigned = !rc && !strcmp(es_rows_get(r, 0, 1), "presigned");
+    bool receiving = !rc && !strcmp(es_rows_get(r, 0, 0), "receiving");
+    es_rows_free(r);
+    if (rc) return rc;
+    if (!presigned) return ES_EINVAL;
+    if (receiving) {
+        char key[128];
+        snprintf(key, sizeof key, "uploads/%s/source.csv", id);
+        es_blob_info info;
+        if ((rc = es_blob_head(app->blob, key, &info)))
+            return rc == ES_ENOTFOUND ? ES_ECONFLICT : rc;
+        char payload[80], idem[80];
+        snprintf(payload, sizeof payload, "{\"upload\":\"%s\"}", id);
+        snprintf(idem, sizeof idem, "scan:%s", id);
+        es_job_req jr = {
+            .kind = SCAN_KIND, .tenant = tenant, .payload = payload, .idempotency_key = idem};
+        if ((rc = es_job_submit(app->engine, &jr, NULL, NULL))) return rc;
+    }
+    return es_upload_get(app, tenant, id, out);
+}
+
+/* The presigned file, read from storage through the same receiver as an
+ * HTTP body (without storing it again). */
+static int scan_run(es_job_ctx *ctx, void *arg)
+{
+    es_app *app = arg;
+    json_t *j = json_loads(es_job_ctx_job(ctx)->payload, 0, NULL);
+    char id[ES_UUID_LEN + 1] = "";
+    const char *u = json_string_value(json_object_get(j, "upload"));
+    if (u && es_uuid_valid(u)) es_strlcpy(id, u, sizeof id);
+    json_decref(j);
+    if (!id[0]) {
+        es_job_fail(ctx, true, "bad_payload", "no upload id");
+        return ES_EINVAL;
+    }
+    const char *p[] = {id};
+    es_rows *r = NULL;
+    int rc = es_store_exec1(app->store, "SELECT tenant, dataset, status FROM uploads WHERE id = $1",
+                            1, p, &r);
+    if (rc) return rc;
+    if (es_rows_count(r) != 1 || strcmp(es_rows_get(r, 0, 2), "receiving") != 0) {
+        es_rows_free(r); /* gone, or scanned already */
+        return ES_OK;
+    }
+    es_dataset ds;
+    es_upload_rx *rx = NULL;
+    rc = es_datasets_get(app->store, es_rows_get(r, 0, 1), &ds);
+    if (!rc) rc = rx_new(app, &ds, es_rows_get(r, 0, 0), id, false, &rx);
+    es_rows_free(r);
+    if (rc) return rc;
+    char key[128];
+    snprintf(key, sizeof key, "uploads/%s/source.csv", id);
+    rc = es_blob_get(app->blob, key, 0, scan_sink, rx);
+    if (rc == ES_OK || rc == ES_EINVAL) {
+        json_t *st = NULL;
+        if (rc == ES_OK) rc = es_upload_end(rx, &st);
+        json_decref(st);
+        if (rc == ES_OK) return ES_OK; /* rx freed */
+    }
+    if (rx->rc == ES_EINVAL) { /* the file is the problem: the upload fails, the job is done */
+        char why[512];
+        snprintf(why, sizeof why, "%s", es_upload_rx_error(rx));
+        json_t *pr = es_upload_rx_problems(rx);
+        for (size_t i = 0; pr && i < json_array_size(pr); i++) {
+            size_t n = strlen(why);
+            snprintf(why + n, sizeof why - n, "%s%s: %s", i ? "; " : ": ",
+                     json_string_value(json_object_get(json_array_get(pr, i), "field")),
+                     json_string_value(json_object_get(json_array_get(pr, i), "problem")));
+        }
+        es_upload_abort(rx, why);
+        return ES_OK;
+    }
+    rx_free(rx); /* storage or store trouble: try again later */
+    return rc ? rc : ES_EIO;
+}
+
 int es_uploads_register(es_app *app)
 {
+    es_job_kind scan = {.name = SCAN_KIND, .run = scan_run, .arg = app, .concurrency = 1};
+    int rc = es_engine_register(app->engine, &scan);
+    if (rc) return rc;
     es_job_kind k = {.name = ES_UPLOAD_KIND,
                      .run = batch_run,
                      .arg = app,

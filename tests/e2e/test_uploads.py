@@ -270,3 +270,39 @@ def test_kill9_api_while_receiving_then_resend(start_server, tmp_path):
     assert r.status_code == 202, r.text
     st = wait_done(s, r.json()["id"])
     assert st["rows"]["inserted"] == 20000 == table_count(s)
+
+
+def test_presigned_upload(start_server):
+    s = start_server()
+    r = s.post("/v1/uploads/presign", json={"dataset": "debts", "filename": "d.csv", "size": 100})
+    assert r.status_code == 201, r.text
+    p = r.json()
+    assert p["method"] == "PUT" and p["headers"] == {"Content-Type": "text/csv"}
+    assert p["status"] == "receiving" and p["expiresAt"]
+    # completing before the PUT is a conflict
+    assert s.post(f"/v1/uploads/{p['id']}/complete").status_code == 409
+    body = (HEADER + row(1) + row(2) + row(3, amount="x")).encode()
+    put = requests.put(p["url"], data=body, headers=p["headers"], timeout=30)
+    assert put.status_code in (200, 201), put.text
+    r = s.post(f"/v1/uploads/{p['id']}/complete")
+    assert r.status_code == 202, r.text
+    again = s.post(f"/v1/uploads/{p['id']}/complete")  # idempotent
+    assert again.status_code == 202
+    st = wait_done(s, p["id"])
+    assert st["status"] == "done", st
+    assert st["rows"] == {"total": 3, "inserted": 2, "duplicate": 0, "rejected": 1}
+    assert st["bytes"] == len(body)
+    assert table_count(s) == 2
+    # a presigned file whose header is wrong fails the upload, with the reason
+    p = s.post("/v1/uploads/presign", json={"dataset": "debts"}).json()
+    requests.put(p["url"], data=b"a,b\n1,2\n", headers=p["headers"], timeout=30)
+    assert s.post(f"/v1/uploads/{p['id']}/complete").status_code == 202
+    st = wait_done(s, p["id"])
+    assert st["status"] == "failed" and "debtId" in st["error"], st
+    # refusals
+    assert s.post("/v1/uploads/presign", json={"dataset": "nope"}).status_code == 404
+    assert s.post("/v1/uploads/presign", json={"size": -1}).status_code == 400
+    assert s.post("/v1/uploads/presign",
+                  json={"dataset": "debts", "size": 1 << 50}).status_code == 413
+    http_up = upload(s, (HEADER + row(9)).encode()).json()["id"]
+    assert s.post(f"/v1/uploads/{http_up}/complete").status_code == 409
