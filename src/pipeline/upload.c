@@ -330,15 +330,16 @@ static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t 
                        I64(total, rx->rows),
                        I64(nb, (int64_t)rx->nbatches),
                        I64(now, t),
-                       rx->idem};
+                       rx->idem,
+                       rx->nbatches ? NULL : now};
     if (!rc)
         rc = es_store_exec(
             c,
             "UPDATE uploads SET status = $2, header = $3, bytes = $4, rows_total = $5,"
-            " batches_total = $6, updated_ms = $7, idempotency_key = $8,"
-            " finished_ms = CASE WHEN $2 = 'done' THEN $7 ELSE NULL END"
+            " batches_total = $6, updated_ms = $7,"
+            " idempotency_key = COALESCE($8, idempotency_key), finished_ms = $9"
             " WHERE id = $1 AND status = 'receiving'",
-            8, p, NULL);
+            9, p, NULL);
     free(header);
     if (rc == ES_ECONFLICT && rx->idem) *idem_taken = true;
     rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
