@@ -120,6 +120,7 @@ int es_app_create(es_config *cfg, unsigned roles, es_app **out)
     if ((rc = es_store_open(cfg->database_url, cfg, &app->store))) goto fail;
     int applied = 0;
     if ((rc = es_store_migrate(app->store, &applied))) goto fail;
+    if ((rc = es_datasets_load_dir(app->store, cfg->datasets_dir))) goto fail;
     if ((rc = es_broker_open(cfg->broker_url, cfg, &app->broker))) goto fail;
     if ((rc = es_cache_open(cfg->cache_url, cfg, &app->cache))) goto fail;
     if ((rc = es_engine_create(cfg, app->store, app->broker, app->cache, &app->engine))) goto fail;

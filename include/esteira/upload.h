@@ -41,6 +41,28 @@ int es_datasets_ensure_table(es_store *s, const es_dataset *d);
 int es_datasets_create(es_store *s, const es_dataset *d);
 /* [{definition}, …], built-in first, then by name */
 int es_datasets_list(es_store *s, json_t **out);
+/* Defines the datasets of the *.json files in dir (one definition each), at
+ * start: a stored one must be the same, or ES_ECONFLICT.  Errors name the file
+ * and the field.  NULL or "" is a no-op. */
+int es_datasets_load_dir(es_store *s, const char *dir);
+/* A page of one tenant's rows of d, in key order, as a JSON array of objects
+ * named by the CSV headers (numbers, booleans and json as such), each with
+ * "_upload" and "_line".  Values are compared as es_value_normalize writes
+ * them (unescaped).  *next = the key of the page's last row when more follow
+ * (malloc'd; pass it back as after), else NULL. */
+typedef struct es_dataset_match {
+    int col;           /* index in d->cols */
+    const char *value; /* NULL: the column is NULL */
+} es_dataset_match;
+typedef struct es_dataset_page {
+    const char *tenant;
+    const es_dataset_match *match;
+    int nmatch;
+    const char *after; /* NULL: from the first row */
+    int limit;
+} es_dataset_page;
+int es_datasets_rows(es_store *s, const es_dataset *d, const es_dataset_page *q, es_buf *items,
+                     char **next);
 
 /* ---- receiving (the API side) */
 typedef struct es_upload_rx es_upload_rx;
