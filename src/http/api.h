@@ -32,6 +32,12 @@ int api_uploads_rejects(es_req *r);
 int api_uploads_presign(es_req *r);
 int api_uploads_complete(es_req *r);
 
+/* api_datasets.c */
+int api_datasets_create(es_req *r);
+int api_datasets_list(es_req *r);
+int api_datasets_get(es_req *r);
+int api_datasets_rows(es_req *r);
+
 /* api_blobs.c: esteira's own signed-URL endpoint for the file: blob backend */
 int api_blob_put_start(es_req *r);
 int api_blob_put_chunk(es_req *r, const char *data, size_t len);

@@ -45,6 +45,15 @@ static const es_route routes[] = {
      "A signed URL to PUT a CSV straight to storage {dataset, filename?, size?}"},
     {"POST", "/v1/uploads/{id}/complete", INGEST, api_uploads_complete, NULL, NULL, NULL,
      "The presigned PUT is done: a worker reads the file from storage"},
+    /* datasets: definitions shared by every tenant, rows per tenant */
+    {"POST", "/v1/datasets", ADMIN, api_datasets_create, NULL, NULL, NULL,
+     "Define a dataset {name, columns:[{name, header?, type, required?, …}], key}"},
+    {"GET", "/v1/datasets", READ, api_datasets_list, NULL, NULL, NULL,
+     "Every dataset's definition, built-in first"},
+    {"GET", "/v1/datasets/{name}", READ, api_datasets_get, NULL, NULL, NULL,
+     "A dataset's definition"},
+    {"GET", "/v1/datasets/{name}/rows", READ, api_datasets_rows, NULL, NULL, NULL,
+     "The caller's rows of a dataset in key order (?limit=&cursor=, ?<column>=<value> filters)"},
     /* signed URLs of the file: blob backend */
     {"PUT", "/v1/blobs/{key*}", PUB, api_blob_put_end, api_blob_put_start, api_blob_put_chunk,
      "/v1/blobs", "Upload an object with a signed URL"},
