@@ -30,6 +30,7 @@ typedef struct es_config {
     int64_t max_upload; /* bytes, streamed bodies (CSV, blobs) */
     int64_t max_header; /* bytes, request line + headers */
     int64_t max_connections;
+    int64_t max_event_streams;  /* responses waiting for events at once (Server-Sent Events) */
     int64_t conn_timeout_ms;    /* idle connection */
     int64_t request_timeout_ms; /* a buffered request body must arrive within it */
     int64_t json_max_depth;

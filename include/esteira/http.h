@@ -123,6 +123,32 @@ int es_reply_err(es_req *r, int err, const char *message);
 typedef long (*es_reply_read_fn)(void *arg, uint64_t pos, char *buf, size_t max);
 int es_reply_stream(es_req *r, unsigned status, const char *content_type, int64_t size,
                     es_reply_read_fn read, void *arg, void (*free_fn)(void *));
+
+/* A streamed body that may have nothing to send for a while (Server-Sent
+ * Events, long polls).  Its read() returns ES_REPLY_LATER when it has nothing
+ * now: the connection is then parked - it holds no thread - until
+ * es_stream_wake() (from any thread) or the delay read() set with
+ * es_stream_wake_in() has passed; then read() runs again.  The body is
+ * chunked.  Waiting streams are bounded by ESTEIRA_MAX_EVENT_STREAMS: beyond
+ * it ES_EAGAIN, nothing is answered and free_fn(arg) has run (answer 503).
+ * On any failure free_fn(arg) has run.  When the server stops, every waiting
+ * stream ends (read() is not called again).
+ *
+ * *out is the stream's handle, set before the reply is made: it stays valid
+ * until free_fn(arg) has returned, so free_fn must end whatever may still
+ * call es_stream_wake (e.g. a cache subscription); es_stream_ref keeps it
+ * longer.  Once the stream has ended, waking it does nothing. */
+#define ES_REPLY_LATER (-1000L)
+typedef struct es_stream es_stream;
+int es_reply_waiting(es_req *r, unsigned status, const char *content_type, es_reply_read_fn read,
+                     void *arg, void (*free_fn)(void *), es_stream **out);
+void es_stream_wake(es_stream *s);
+/* From read(), before it returns ES_REPLY_LATER: run again within ms even if
+ * nothing wakes the stream (keep-alives, periodic checks).  Each call of
+ * read() starts without such a delay. */
+void es_stream_wake_in(es_stream *s, int64_t ms);
+es_stream *es_stream_ref(es_stream *s);
+void es_stream_unref(es_stream *s); /* NULL is a no-op */
 bool es_req_replied(es_req *r);
 unsigned es_http_status_of(int err);
 

@@ -48,6 +48,8 @@ static const es_conf_entry table[] = {
      "largest request line plus headers"},
     {"max_connections", ES_CONF_INT, F(max_connections), "1024", 1, 100000, NULL, 0,
      "concurrent HTTP connections"},
+    {"max_event_streams", ES_CONF_INT, F(max_event_streams), "256", 1, 100000, NULL, 0,
+     "event streams (Server-Sent Events) open at once; more are refused with 503"},
     {"conn_timeout_ms", ES_CONF_DURATION, F(conn_timeout_ms), "30s", 1 * SEC, 3600 * SEC, NULL, 0,
      "idle or stalled connections are closed after this"},
     {"request_timeout_ms", ES_CONF_DURATION, F(request_timeout_ms), "60s", 1 * SEC, 3600 * SEC,

@@ -34,6 +34,8 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +71,34 @@ struct es_http {
     uint16_t port;
     atomic_int inflight;
     atomic_bool stopping; /* set before draining: later requests do nothing */
+    /* waiting streams (es_reply_waiting): parking, waking and the timer */
+    pthread_mutex_t wmu;
+    pthread_cond_t wcond; /* the timer: a deadline was set, or stop */
+    es_stream *waiting;   /* every live one */
+    int64_t nwaiting;
+    pthread_t timer;
+    bool timer_running, timer_stop;
+};
+
+/* A response whose read() may say "later".  Parked = suspended by
+ * libmicrohttpd: out of its event loop until resumed.  Three owners hold a
+ * reference: the response (dropped after free_fn), the request (dropped when
+ * it completes, which may come before or after the response is destroyed)
+ * and whoever took es_stream_ref.  conn is cleared by the first of the two
+ * ends, under wmu, so a late wake never touches a finished connection. */
+struct es_stream {
+    es_http *h;
+    atomic_int refs;
+    struct MHD_Connection *conn; /* NULL once the stream or its request ended */
+    bool parked;                 /* suspended by us: only we may resume it */
+    bool woken;                  /* woken while not parked: read again at once */
+    bool hup;                    /* the client went away while it was parked */
+    int fd;                      /* the connection's socket (-1: unknown) */
+    int64_t due_ms;              /* the timer resumes it then (0 = only a wake does) */
+    es_stream *prev, *next;      /* h->waiting */
+    es_reply_read_fn read;
+    void *arg;
+    void (*free_fn)(void *);
 };
 
 typedef struct hdr {
@@ -112,6 +142,7 @@ struct es_req {
     /* multipart/form-data bodies, decoded by libmicrohttpd's post processor */
     struct MHD_PostProcessor *pp;
     es_part_fn part_fn;
+    es_stream *wait; /* a waiting stream's handle (one reference) */
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -372,6 +403,219 @@ int es_reply_stream(es_req *r, unsigned status, const char *content_type, int64_
     }
     /* set_reply destroys resp on failure, which frees sc through stream_free */
     return set_reply(r, status, content_type, resp);
+}
+
+/* ------------------------------------------------------------------ waiting streams
+ *
+ * read() runs on a libmicrohttpd thread.  When it has nothing, the
+ * connection is suspended (libmicrohttpd allows this only from its own
+ * callbacks) and 0 is returned, which libmicrohttpd takes as "not yet".
+ * Resuming may come from any thread: es_stream_wake, the timer, or the stop.
+ * Everything that parks or resumes holds wmu, so a stream is resumed exactly
+ * once per parking, never after its connection ended, and none stays parked
+ * once stopping is set (libmicrohttpd must not be stopped with a suspended
+ * connection).  Lock order: wmu, then libmicrohttpd's own locks. */
+
+es_stream *es_stream_ref(es_stream *s)
+{
+    if (s) atomic_fetch_add(&s->refs, 1);
+    return s;
+}
+
+void es_stream_unref(es_stream *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1) free(s);
+}
+
+/* Under wmu. */
+static void stream_resume(es_stream *s)
+{
+    s->parked = false;
+    s->due_ms = 0;
+    MHD_resume_connection(s->conn);
+}
+
+void es_stream_wake(es_stream *s)
+{
+    if (!s) return;
+    pthread_mutex_lock(&s->h->wmu);
+    if (s->conn && s->parked)
+        stream_resume(s);
+    else if (s->conn)
+        s->woken = true;
+    pthread_mutex_unlock(&s->h->wmu);
+}
+
+void es_stream_wake_in(es_stream *s, int64_t ms)
+{
+    if (!s) return;
+    int64_t due = es_mono_ms() + (ms > 0 ? ms : 0);
+    pthread_mutex_lock(&s->h->wmu);
+    if (!s->due_ms || due < s->due_ms) s->due_ms = due;
+    pthread_mutex_unlock(&s->h->wmu);
+}
+
+static ssize_t waiting_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    es_stream *s = cls;
+    es_http *h = s->h;
+    pthread_mutex_lock(&h->wmu);
+    s->woken = false;
+    s->due_ms = 0;
+    bool hup = s->hup;
+    pthread_mutex_unlock(&h->wmu);
+    if (hup) return MHD_CONTENT_READER_END_WITH_ERROR; /* closes the connection */
+    if (atomic_load(&h->stopping)) return MHD_CONTENT_READER_END_OF_STREAM;
+
+    long n = s->read(s->arg, pos, buf, max);
+    if (n > 0) return (ssize_t)n;
+    if (n == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n != ES_REPLY_LATER) return MHD_CONTENT_READER_END_WITH_ERROR;
+
+    ssize_t ret = 0;
+    pthread_mutex_lock(&h->wmu);
+    if (atomic_load(&h->stopping) || !s->conn) {
+        ret = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        MHD_suspend_connection(s->conn);
+        s->parked = true;
+        /* A wake that came while read() ran finds the connection not yet
+         * parked: go round again (on libmicrohttpd's next turn, so other
+         * connections of this thread are served in between). */
+        if (s->woken)
+            stream_resume(s);
+        else if (s->due_ms)
+            pthread_cond_signal(&h->wcond);
+    }
+    pthread_mutex_unlock(&h->wmu);
+    return ret;
+}
+
+/* Runs when libmicrohttpd destroys the response: the stream ended (whole,
+ * closed by the client, or by the stop).  It is never parked here. */
+static void waiting_free(void *cls)
+{
+    es_stream *s = cls;
+    es_http *h = s->h;
+    pthread_mutex_lock(&h->wmu);
+    s->conn = NULL;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        h->waiting = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    h->nwaiting--;
+    pthread_mutex_unlock(&h->wmu);
+    if (s->free_fn) s->free_fn(s->arg);
+    es_stream_unref(s);
+}
+
+int es_reply_waiting(es_req *r, unsigned status, const char *content_type, es_reply_read_fn read,
+                     void *arg, void (*free_fn)(void *), es_stream **out)
+{
+    es_http *h = r->h;
+    if (out) *out = NULL;
+    es_stream *s = read && !r->wait ? calloc(1, sizeof *s) : NULL;
+    if (!s) {
+        if (free_fn) free_fn(arg);
+        return read && !r->wait ? ES_ENOMEM : ES_EINVAL;
+    }
+    s->h = h;
+    atomic_init(&s->refs, 2); /* the response's and the request's */
+    s->conn = r->conn;
+    s->read = read;
+    s->arg = arg;
+    s->free_fn = free_fn;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    s->fd = ci ? (int)ci->connect_fd : -1;
+    pthread_mutex_lock(&h->wmu);
+    if (h->nwaiting >= h->app->cfg->max_event_streams) {
+        pthread_mutex_unlock(&h->wmu);
+        free(s);
+        if (free_fn) free_fn(arg);
+        es_warn(COMP, "refusing an event stream: %lld are open (ESTEIRA_MAX_EVENT_STREAMS)",
+                (long long)h->app->cfg->max_event_streams);
+        return ES_EAGAIN;
+    }
+    s->next = h->waiting;
+    if (h->waiting) h->waiting->prev = s;
+    h->waiting = s;
+    h->nwaiting++;
+    pthread_mutex_unlock(&h->wmu);
+    r->wait = s;
+    if (out) *out = s;
+
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                                  waiting_read, s, waiting_free);
+    if (!resp) {
+        waiting_free(s);
+        return set_reply(r, status, content_type, NULL);
+    }
+    /* set_reply destroys resp on failure, which runs waiting_free */
+    return set_reply(r, status, content_type, resp);
+}
+
+/* libmicrohttpd does not watch a suspended connection's socket, so a client
+ * that leaves a parked stream would keep its place until the stream next
+ * writes.  Under wmu: parked streams whose peer hung up are resumed and end. */
+static void reap_hangups(es_http *h)
+{
+    struct pollfd pfd[64];
+    es_stream *who[64];
+    es_stream *s = h->waiting;
+    while (s) {
+        int n = 0;
+        for (; s && n < (int)ES_ARRAY_LEN(pfd); s = s->next) {
+            if (!s->parked || !s->conn || s->fd < 0) continue;
+            pfd[n] = (struct pollfd){.fd = s->fd, .events = POLLRDHUP};
+            who[n++] = s;
+        }
+        if (n == 0 || poll(pfd, (nfds_t)n, 0) <= 0) continue;
+        for (int i = 0; i < n; i++)
+            if (pfd[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+                who[i]->hup = true;
+                stream_resume(who[i]);
+            }
+    }
+}
+
+/* Resumes parked streams whose delay has passed, and those whose client
+ * left (checked every HANGUP_CHECK_MS while any is parked). */
+#define HANGUP_CHECK_MS 1000
+static void *timer_main(void *arg)
+{
+    es_http *h = arg;
+    int64_t checked = 0;
+    pthread_mutex_lock(&h->wmu);
+    while (!h->timer_stop) {
+        int64_t now = es_mono_ms(), next = 0;
+        bool parked = false;
+        for (es_stream *s = h->waiting; s; s = s->next) {
+            if (!s->parked || !s->conn) continue;
+            parked = true;
+            if (!s->due_ms) continue;
+            if (s->due_ms <= now)
+                stream_resume(s);
+            else if (!next || s->due_ms < next)
+                next = s->due_ms;
+        }
+        if (parked && now - checked >= HANGUP_CHECK_MS) {
+            reap_hangups(h);
+            checked = now;
+        }
+        if (parked && (!next || next > checked + HANGUP_CHECK_MS)) next = checked + HANGUP_CHECK_MS;
+        if (!next) {
+            pthread_cond_wait(&h->wcond, &h->wmu);
+        } else {
+            struct timespec ts;
+            es_deadline(&ts, next - now);
+            pthread_cond_timedwait(&h->wcond, &h->wmu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&h->wmu);
+    return NULL;
 }
 
 bool es_req_replied(es_req *r)
@@ -835,6 +1079,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     es_log_ctx_clear();
 
     if (r->pp) MHD_destroy_post_processor(r->pp);
+    if (r->wait) {
+        pthread_mutex_lock(&r->h->wmu);
+        r->wait->conn = NULL;
+        pthread_mutex_unlock(&r->h->wmu);
+        es_stream_unref(r->wait);
+    }
     if (r->state_free && r->state) r->state_free(r->state);
     if (r->resp) MHD_destroy_response(r->resp);
     es_buf_finish(&r->body);
@@ -879,6 +1129,12 @@ int es_http_create(struct es_app *app, const es_route *routes, size_t nroutes, e
     h->nroutes = nroutes;
     atomic_init(&h->inflight, 0);
     atomic_init(&h->stopping, false);
+    pthread_mutex_init(&h->wmu, NULL);
+    if (es_cond_init(&h->wcond) != ES_OK) {
+        pthread_mutex_destroy(&h->wmu);
+        free(h);
+        return ES_ENOMEM;
+    }
     static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                      0.1,    0.25,  0.5,    1,     2.5,  5,     10};
     es_metric_define(M_REQUESTS, ES_METRIC_COUNTER, "HTTP requests answered", NULL, 0);
@@ -917,7 +1173,8 @@ int es_http_start(es_http *h)
     int rc = resolve(cfg->host, (uint16_t)cfg->port, &ss);
     if (rc != ES_OK) return rc;
 
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+                     MHD_ALLOW_SUSPEND_RESUME;
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
         flags |= MHD_USE_EPOLL;
     else
@@ -949,6 +1206,15 @@ int es_http_start(es_http *h)
                  (long long)cfg->port);
         return ES_EIO;
     }
+    h->timer_stop = false;
+    int err = pthread_create(&h->timer, NULL, timer_main, h);
+    if (err) {
+        es_error(COMP, "cannot start the event streams' timer: %s", strerror(err));
+        MHD_stop_daemon(h->d);
+        h->d = NULL;
+        return ES_ENOMEM;
+    }
+    h->timer_running = true;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : (uint16_t)cfg->port;
     es_info(COMP, "listening on %s port %u (%lld threads, %s)", cfg->host, h->port,
@@ -968,6 +1234,11 @@ void es_http_stop(es_http *h)
      * shutdown timeout, then the daemon closes what is left (idle
      * keep-alive connections, streams that never end). */
     atomic_store(&h->stopping, true);
+    /* Waiting streams end now: resumed, their next read sees stopping. */
+    pthread_mutex_lock(&h->wmu);
+    for (es_stream *s = h->waiting; s; s = s->next)
+        if (s->parked && s->conn) stream_resume(s);
+    pthread_mutex_unlock(&h->wmu);
     MHD_socket lfd = MHD_quiesce_daemon(h->d);
     int64_t deadline = es_mono_ms() + h->app->cfg->shutdown_timeout_ms;
     while (atomic_load(&h->inflight) > 0 && es_mono_ms() < deadline)
@@ -976,6 +1247,14 @@ void es_http_stop(es_http *h)
         es_warn(COMP, "stopping with %d requests still in flight", atomic_load(&h->inflight));
     MHD_stop_daemon(h->d);
     h->d = NULL;
+    if (h->timer_running) {
+        pthread_mutex_lock(&h->wmu);
+        h->timer_stop = true;
+        pthread_cond_signal(&h->wcond);
+        pthread_mutex_unlock(&h->wmu);
+        pthread_join(h->timer, NULL);
+        h->timer_running = false;
+    }
     /* libmicrohttpd hands the listening socket over on quiesce */
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
     es_info(COMP, "stopped");
@@ -985,5 +1264,7 @@ void es_http_destroy(es_http *h)
 {
     if (!h) return;
     es_http_stop(h);
+    pthread_cond_destroy(&h->wcond);
+    pthread_mutex_destroy(&h->wmu);
     free(h);
 }
