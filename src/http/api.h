@@ -32,6 +32,9 @@ int api_uploads_rejects(es_req *r);
 int api_uploads_presign(es_req *r);
 int api_uploads_complete(es_req *r);
 
+/* api_sse.c: Server-Sent Events */
+int api_uploads_events(es_req *r);
+
 /* api_datasets.c */
 int api_datasets_create(es_req *r);
 int api_datasets_list(es_req *r);

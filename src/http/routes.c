@@ -39,6 +39,8 @@ static const es_route routes[] = {
      "An upload: status, bytes, rows (total, inserted, duplicate, rejected), batches"},
     {"GET", "/v1/uploads/{id}/rejects", READ, api_uploads_rejects, NULL, NULL, NULL,
      "The rejected values of an upload, as CSV line,column,reason,raw"},
+    {"GET", "/v1/uploads/{id}/events", READ, api_uploads_events, NULL, NULL, NULL,
+     "Server-Sent Events of an upload: status, progress, then completed or failed"},
     {"POST", "/v1/uploads/{id}/retry", INGEST, api_uploads_retry, NULL, NULL, NULL,
      "Run the failed batches of a failed upload again"},
     {"POST", "/v1/uploads/presign", INGEST, api_uploads_presign, NULL, NULL, NULL,
