@@ -146,9 +146,16 @@ int es_store_migrate(es_store *s, int *applied)
     es_store_conn *c = NULL;
     int n = 0, rc = es_store_acquire(s, &c);
     if (rc) return rc;
-    rc = es_store_exec_script(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                                 " version integer PRIMARY KEY, name text NOT NULL,"
-                                 " applied_ms bigint NOT NULL)");
+    /* under the lock too: PostgreSQL answers a second concurrent CREATE TABLE
+     * IF NOT EXISTS with a unique violation */
+    if ((rc = es_store_begin(c))) goto release;
+    if (es_store_dialect(s) == ES_DIALECT_PG)
+        rc = es_store_exec(c, "SELECT pg_advisory_xact_lock(7306285)", 0, NULL, NULL);
+    if (!rc)
+        rc = es_store_exec_script(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                     " version integer PRIMARY KEY, name text NOT NULL,"
+                                     " applied_ms bigint NOT NULL)");
+    rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
     if (rc) goto release;
     for (size_t i = 0; i < ES_ARRAY_LEN(migrations); i++) {
         const migration *m = &migrations[i];

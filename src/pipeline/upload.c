@@ -497,8 +497,9 @@ int es_upload_list(es_app *app, const es_upload_filter *f, json_t **items, char 
     es_rows *r = NULL;
     int rc = es_store_exec1(app->store,
                             "SELECT " UPLOAD_COLS " FROM uploads WHERE tenant = $1"
-                            " AND ($2 IS NULL OR dataset = $2) AND ($3 IS NULL OR status = $3)"
-                            " AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
+                            " AND (CAST($2 AS text) IS NULL OR dataset = $2)"
+                            " AND (CAST($3 AS text) IS NULL OR status = $3)"
+                            " AND (CAST($4 AS text) IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
                             5, p, &r);
     if (rc) return rc;
     *items = json_array();
