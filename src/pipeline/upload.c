@@ -279,7 +279,10 @@ int es_upload_feed(es_upload_rx *rx, const char *data, size_t len)
 static size_t group_size(const es_app *app)
 {
     if (app->cfg->batches_per_job > 0) return (size_t)app->cfg->batches_per_job;
-    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? 32 : 1;
+    /* SQLite pays per commit for every index page a batch touches; elsewhere a
+     * job per few batches keeps the per-job costs (claim, done, object reads)
+     * small next to the rows */
+    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? 32 : 8;
 }
 
 static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t *njobs_out,
