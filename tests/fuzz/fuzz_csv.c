@@ -9,7 +9,9 @@
  * The record stream (line, fields), the outcome and the error message must be
  * the same fed whole, in the chunks given, and byte by byte; and the same as a
  * small byte-at-a-time reference parser of the grammar written below, which
- * also checks the line numbers independently of the parser's piece logic. */
+ * also checks the line numbers independently of the parser's piece logic.
+ * Cut points (es_csv_on_line): parsing from one with es_csv_start_at gives
+ * exactly the records the whole parse gave from there on. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,11 +39,27 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ------------------------------------------------- the record stream as bytes */
 
+#define MAX_CUTS 16
+
 typedef struct stream {
     es_buf out;
     int records;
     int stop_at;
+    /* cut points offered: input offset, line, and the output so far */
+    int64_t cut_off[MAX_CUTS], cut_line[MAX_CUTS];
+    size_t cut_out[MAX_CUTS];
+    int ncuts;
 } stream;
+
+static void on_cut(void *arg, int64_t offset, int64_t line)
+{
+    stream *s = arg;
+    if (s->ncuts < MAX_CUTS) {
+        s->cut_off[s->ncuts] = offset;
+        s->cut_line[s->ncuts] = line;
+        s->cut_out[s->ncuts++] = s->out.len;
+    }
+}
 
 static void put_record(es_buf *out, int64_t line, const char *const *f, const size_t *lens, int n)
 {
@@ -81,6 +99,7 @@ static void run(outcome *o, const es_csv_limits *lim, int stop_at, const uint8_t
     o->s.stop_at = stop_at;
     es_csv *p = NULL;
     if (es_csv_create(lim, on_record, &o->s, &p) != ES_OK) abort();
+    es_csv_on_line(p, on_cut);
     int rc = ES_OK;
     size_t off = 0, k = 0;
     while (off < len && rc == ES_OK) {
@@ -291,6 +310,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         run(&chunked, &lim, stop_at, in, len, &one, 1);
         same(&whole, &chunked);
         es_buf_finish(&chunked.s.out);
+    }
+
+    /* every cut point of a clean parse: the tail parsed alone is the same */
+    for (int i = 0; whole.rc == ES_OK && stop_at == 0 && i < whole.s.ncuts; i++) {
+        stream t = {0};
+        es_buf_init(&t.out, 0);
+        es_csv *p = NULL;
+        if (es_csv_create(&lim, on_record, &t, &p) != ES_OK) abort();
+        es_csv_start_at(p, whole.s.cut_line[i]);
+        size_t from = (size_t)whole.s.cut_off[i];
+        int rc = es_csv_feed(p, (const char *)in + from, len - from);
+        if (rc == ES_OK) rc = es_csv_finish(p);
+        size_t at = whole.s.cut_out[i];
+        if (rc != ES_OK || t.out.len != whole.s.out.len - at ||
+            (t.out.len && memcmp(t.out.data, whole.s.out.data + at, t.out.len) != 0)) {
+            fprintf(stderr, "cut at offset %zu (line %lld) parses differently: rc %d\n", from,
+                    (long long)whole.s.cut_line[i], rc);
+            abort();
+        }
+        es_csv_destroy(p);
+        es_buf_finish(&t.out);
     }
 
     ref r;
