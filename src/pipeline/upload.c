@@ -416,7 +416,7 @@ static json_t *iso_or_null(const char *ms)
 #define UPLOAD_COLS                                                                                \
     "id, dataset, status, filename, error, bytes, rows_total, rows_inserted, rows_duplicate,"      \
     " rows_rejected, batches_total, batches_done, created_ms, started_ms, finished_ms,"            \
-    " updated_ms, tenant, origin, expires_ms"
+    " updated_ms, tenant, origin, expires_ms, batches_failed"
 
 /* A receiving upload whose connection ended with its process (kill -9 of the
  * API) stays `receiving`; one not touched for a while is shown as failed. */
@@ -430,21 +430,6 @@ static const char *shown_status(es_app *app, const es_rows *r, int i)
     return idle > 2 * app->cfg->conn_timeout_ms + TOUCH_EVERY_MS ? "failed" : st;
 }
 
-static int64_t dead_batches(es_app *app, const char *id)
-{
-    const char *p[] = {id};
-    es_rows *r = NULL;
-    int64_t n = 0;
-    if (es_store_exec1(app->store,
-                       "SELECT count(*) FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
-                       " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
-                       " AND j.status IN ('dead', 'canceled')",
-                       1, p, &r) == ES_OK)
-        n = es_rows_int(r, 0, 0, 0);
-    es_rows_free(r);
-    return n;
-}
-
 static json_t *upload_json(es_app *app, const es_rows *r, int i)
 {
     const char *status = shown_status(app, r, i);
@@ -453,9 +438,7 @@ static json_t *upload_json(es_app *app, const es_rows *r, int i)
         error = strcmp(es_rows_get(r, i, 17), "presigned")
                     ? "the connection ended before the whole file was received"
                     : "the upload was not completed before its URL expired";
-    int64_t failed = strcmp(status, "queued") && strcmp(status, "receiving")
-                         ? dead_batches(app, es_rows_get(r, i, 0))
-                         : 0;
+    int64_t failed = es_rows_int(r, i, 19, 0);
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:I, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:{}, s:o, "
         "s:o, s:o, s:o, s:o}",
@@ -573,17 +556,18 @@ int es_upload_retry(es_app *app, const char *tenant, const char *id)
     if (!failed || !received) return ES_ECONFLICT;
     const char *p[] = {id};
     es_rows *r = NULL;
-    rc = es_store_exec1(app->store,
-                        "SELECT b.job_id FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
-                        " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
-                        " AND j.status IN ('dead', 'canceled', 'error')",
-                        1, p, &r);
+    rc = es_store_exec1(
+        app->store,
+        "SELECT DISTINCT b.job_id FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
+        " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
+        " AND j.status IN ('dead', 'canceled', 'error')",
+        1, p, &r);
     if (rc) return rc;
     char now[24];
     const char *q[] = {id, I64(now, es_now_ms())};
     rc = exec_upload(app,
                      "UPDATE uploads SET status = 'processing', error = NULL, finished_ms = NULL,"
-                     " updated_ms = $2 WHERE id = $1 AND status = 'failed'",
+                     " batches_failed = 0, updated_ms = $2 WHERE id = $1 AND status = 'failed'",
                      2, q);
     for (int i = 0; !rc && i < es_rows_count(r); i++) {
         int jrc = es_job_retry(app->engine, NULL, es_rows_get(r, i, 0));
@@ -838,43 +822,38 @@ static int settle(es_app *app, es_store_conn *c, const char *id, const char **fi
     const char *p[] = {id};
     es_rows *r = NULL;
     int rc = es_store_exec(c,
-                           "SELECT status, batches_done, batches_total, rows_total, rows_rejected"
-                           " FROM uploads WHERE id = $1",
+                           "SELECT status, batches_done, batches_total, rows_total, rows_rejected,"
+                           " batches_failed FROM uploads WHERE id = $1",
                            1, p, &r);
     if (rc || es_rows_count(r) != 1) goto out;
     const char *st = es_rows_get(r, 0, 0);
     int64_t done = es_rows_int(r, 0, 1, 0), total = es_rows_int(r, 0, 2, 0);
     int64_t rows = es_rows_int(r, 0, 3, 0), rejected = es_rows_int(r, 0, 4, 0);
-    if (strcmp(st, "queued") && strcmp(st, "processing")) goto out;
+    int64_t dead = es_rows_int(r, 0, 5, 0);
+    /* failed -> done too: a dead batch re-driven on its own (/v1/dlq) may
+     * complete an upload that was settled as failed */
+    if (strcmp(st, "queued") && strcmp(st, "processing") && strcmp(st, "failed")) goto out;
     char why[160] = "";
-    if (done == total) {
+    if (done >= total) {
         int64_t maxp = app->cfg->reject_max_percent;
         if (maxp < 100 && rows > 0 && rejected * 100 > maxp * rows)
             snprintf(why, sizeof why, "%lld of %lld rows rejected, more than %lld%%",
                      (long long)rejected, (long long)rows, (long long)maxp);
         *final = why[0] ? "failed" : "done";
-    } else {
-        es_rows *d = NULL;
-        rc = es_store_exec(c,
-                           "SELECT count(*) FROM upload_batches b JOIN jobs j ON j.id = b.job_id"
-                           " WHERE b.upload_id = $1 AND b.done_ms IS NULL"
-                           " AND j.status IN ('dead', 'canceled')",
-                           1, p, &d);
-        int64_t dead = rc ? 0 : es_rows_int(d, 0, 0, 0);
-        es_rows_free(d);
-        if (rc || done + dead < total) goto out;
+    } else if (done + dead >= total && strcmp(st, "failed") != 0) {
         snprintf(why, sizeof why,
                  "%lld of %lld batches failed (POST /v1/uploads/%s/retry runs them again)",
                  (long long)dead, (long long)total, id);
         *final = "failed";
+    } else {
+        goto out;
     }
     char now[24];
     const char *q[] = {id, *final, why[0] ? why : NULL, I64(now, es_now_ms())};
-    rc = es_store_exec(
-        c,
-        "UPDATE uploads SET status = $2, error = $3, finished_ms = $4, updated_ms = $4"
-        " WHERE id = $1",
-        4, q, NULL);
+    rc = es_store_exec(c,
+                       "UPDATE uploads SET status = $2, error = $3, finished_ms = $4,"
+                       " updated_ms = $4 WHERE id = $1",
+                       4, q, NULL);
 out:
     es_rows_free(r);
     return rc;
@@ -1052,9 +1031,13 @@ static int batch_dead(es_job_ctx *ctx, es_store_conn *c, void *arg)
 {
     batch_msg m;
     if (parse_msg(es_job_ctx_job(ctx)->payload, &m)) return ES_OK;
-    char now[24];
-    const char *p[] = {m.upload, I64(now, es_now_ms())};
-    int rc = es_store_exec(c, "UPDATE uploads SET updated_ms = $2 WHERE id = $1", 2, p, NULL);
+    char now[24], n[24];
+    const char *p[] = {m.upload, I64(now, es_now_ms()), I64(n, m.count)};
+    int rc =
+        es_store_exec(c,
+                      "UPDATE uploads SET batches_failed = batches_failed + $3, updated_ms = $2"
+                      " WHERE id = $1",
+                      3, p, NULL);
     const char *final = NULL;
     if (!rc) rc = settle(arg, c, m.upload, &final);
     if (!rc && final) es_warn(COMP, "upload %s is %s: a batch is dead", m.upload, final);

@@ -306,3 +306,26 @@ def test_presigned_upload(start_server):
                   json={"dataset": "debts", "size": 1 << 50}).status_code == 413
     http_up = upload(s, (HEADER + row(9)).encode()).json()["id"]
     assert s.post(f"/v1/uploads/{http_up}/complete").status_code == 409
+
+
+def test_dead_batches_fail_the_upload_and_retry_resumes_it(start_server):
+    s = start_server(env={"ESTEIRA_BATCH_ROWS": "100", "ESTEIRA_BATCHES_PER_JOB": "1",
+                          "ESTEIRA_JOB_KINDS": "upload_batch:attempts=1"})
+    wait_done(s, upload(s, (HEADER + row(1)).encode()).json()["id"])
+    s.sql("DROP TABLE ds_debts")  # every batch now fails, and has one attempt
+    body = (HEADER + "".join(row(i) for i in range(10, 310))).encode()
+    uid = upload(s, body).json()["id"]
+    st = wait_done(s, uid)
+    assert st["status"] == "failed", st
+    assert st["batches"] == {"total": 3, "done": 0, "failed": 3}
+    assert "3 of 3 batches failed" in st["error"]
+    dead = s.get("/v1/dlq?kind=upload_batch").json()["items"]
+    assert len(dead) == 3
+    s.restart()  # the table is made again when it is next needed
+    r = s.post(f"/v1/uploads/{uid}/retry")
+    assert r.status_code == 202, r.text
+    st = wait_done(s, uid)
+    assert st["status"] == "done", st
+    assert st["rows"]["inserted"] == 300 and st["batches"]["failed"] == 0
+    assert table_count(s) == 300
+    assert s.post(f"/v1/uploads/{uid}/retry").status_code == 409  # done: nothing to retry
