@@ -434,30 +434,14 @@ int es_job_submit(es_engine *e, const es_job_req *req, es_job *out, bool *existe
             return ES_OK;
         }
     }
-    char id[ES_UUID_LEN + 1], now_s[24], max_s[16], ra[24];
-    es_uuid7(id);
+    char id[ES_UUID_LEN + 1];
     int64_t now = es_now_ms();
     int max_attempts = req->max_attempts > 0 ? req->max_attempts : k->max_attempts;
-    const char *p[] = {id,
-                       req->tenant,
-                       k->name,
-                       I64(max_s, max_attempts),
-                       payload,
-                       req->idempotency_key,
-                       req->trace_id,
-                       req->delay_ms > 0 ? I64(ra, now + req->delay_ms) : NULL,
-                       I64(now_s, now)};
     es_store_conn *c = NULL;
     int rc = es_store_acquire(e->store, &c);
     if (rc) return rc;
     if ((rc = es_store_begin(c))) goto release;
-    rc =
-        es_store_exec(c,
-                      "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts, payload,"
-                      " idempotency_key, trace_id, run_after, published, created_ms, updated_ms)"
-                      " VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, 0, $9, $9)",
-                      9, p, NULL);
-    if (!rc) rc = add_event(c, id, "queued", 0, NULL, NULL, -1, now);
+    rc = es_job_insert_tx(e, c, req, id);
     if (rc) {
         es_store_rollback(c);
         es_store_release(c);
