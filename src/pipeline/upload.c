@@ -629,9 +629,10 @@ typedef struct batch_work {
     const batch_msg *m;
     int64_t cur; /* the batch of the group being read */
     int64_t rows;
-    /* per batch of the group: where its rows end in copy, what became of them */
-    size_t copy_end[GROUP_MAX];
+    /* per batch of the group: what became of its rows */
     int64_t accepted[GROUP_MAX], rejected[GROUP_MAX];
+    int64_t ins_all, acc_all, rej_all; /* the group's */
+    es_job_ctx *ctx;
     int rc;
 } batch_work;
 
@@ -738,6 +739,43 @@ static void row_json(batch_work *w, const char *const *fields)
 
 /* The current batch is read whole: its object is written (a deterministic
  * name, so a retry overwrites it), its rows end here in w->copy. */
+/* The batch read whole goes into the job's transaction now, so only one
+ * batch's rows are ever held: its rows (existing keys left out) and its
+ * ledger row.  A retry of the job redoes them all (nothing committed). */
+static int flush_batch(batch_work *w)
+{
+    es_store_conn *c;
+    int rc = es_job_ctx_conn(w->ctx, &c);
+    if (rc) return rc;
+    int64_t k = w->cur, inserted = 0;
+    if (w->copy.len)
+        rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len,
+                                 &inserted);
+    char seq[24], ins[24], dup[24], rej[24], now[24];
+    const char *p[] = {w->upload_id,
+                       I64(seq, w->m->seq + k),
+                       I64(ins, inserted),
+                       I64(dup, w->accepted[k] - inserted),
+                       I64(rej, w->rejected[k]),
+                       I64(now, es_now_ms())};
+    es_rows *r = NULL;
+    if (!rc)
+        rc = es_store_exec(c,
+                           "UPDATE upload_batches SET inserted = $3, duplicate = $4,"
+                           " rejected = $5, done_ms = $6"
+                           " WHERE upload_id = $1 AND seq = $2 AND done_ms IS NULL",
+                           6, p, &r);
+    if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT; /* done meanwhile: roll back */
+    es_rows_free(r);
+    w->ins_all += inserted;
+    w->acc_all += w->accepted[k];
+    w->rej_all += w->rejected[k];
+    es_buf_reset(&w->copy);
+    return rc;
+}
+
+/* The current batch is read whole: its object is written (a deterministic
+ * name, so a retry overwrites it), its rows loaded. */
 static int end_batch(batch_work *w)
 {
     char key[128];
@@ -748,7 +786,8 @@ static int end_batch(batch_work *w)
     if (rc) es_warn(COMP, "cannot store %s: %s", key, es_strerror(rc));
     es_buf_reset(&w->json);
     es_buf_puts(&w->json, "[");
-    w->copy_end[w->cur++] = w->copy.len;
+    if (!rc) rc = flush_batch(w);
+    w->cur++;
     return rc;
 }
 
@@ -865,36 +904,11 @@ static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
     es_store_conn *c;
     int rc = es_job_ctx_conn(ctx, &c);
     if (rc) return rc;
-    int64_t ins_all = 0, acc_all = 0, rej_all = 0, t = es_now_ms();
+    int64_t ins_all = w->ins_all, acc_all = w->acc_all, rej_all = w->rej_all, t = es_now_ms();
     static const char *const rcols[] = {"upload_id", "line", "col", "reason", "raw"};
     if (w->rejects.len)
         rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->rejects.data, w->rejects.len);
-    char seq[24], ins[24], dup[24], rej[24], now[24], cnt[24];
-    for (int64_t k = 0; k < m->count && !rc; k++) {
-        size_t from = k ? w->copy_end[k - 1] : 0, to = w->copy_end[k];
-        int64_t inserted = 0;
-        if (to > from)
-            rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data + from,
-                                     to - from, &inserted);
-        const char *p[] = {m->upload,
-                           I64(seq, m->seq + k),
-                           I64(ins, inserted),
-                           I64(dup, w->accepted[k] - inserted),
-                           I64(rej, w->rejected[k]),
-                           I64(now, t)};
-        es_rows *r = NULL;
-        if (!rc)
-            rc = es_store_exec(c,
-                               "UPDATE upload_batches SET inserted = $3, duplicate = $4,"
-                               " rejected = $5, done_ms = $6"
-                               " WHERE upload_id = $1 AND seq = $2 AND done_ms IS NULL",
-                               6, p, &r);
-        if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT; /* done meanwhile: roll back */
-        es_rows_free(r);
-        ins_all += inserted;
-        acc_all += w->accepted[k];
-        rej_all += w->rejected[k];
-    }
+    char ins[24], dup[24], rej[24], now[24], cnt[24];
     const char *p[] = {m->upload,         I64(ins, ins_all), I64(dup, acc_all - ins_all),
                        I64(rej, rej_all), I64(now, t),       I64(cnt, m->count)};
     if (!rc)
@@ -950,7 +964,7 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         return ES_OK;
     }
     es_dataset ds;
-    batch_work w = {.app = app, .ds = &ds, .upload_id = m.upload, .m = &m};
+    batch_work w = {.app = app, .ds = &ds, .upload_id = m.upload, .m = &m, .ctx = ctx};
     es_buf_init(&w.copy, 0);
     es_buf_init(&w.json, 0);
     es_buf_init(&w.rejects, 0);
