@@ -5,6 +5,7 @@
  * (es_csv_on_line), not copies of the rows: the broker carries a few hundred
  * bytes per batch, each worker reads its range back and parses it, and the
  * parsing and validation of a file spread over every worker. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,11 +20,12 @@
 
 #define COMP "uploads"
 
-#define BATCHES_MAX      (4 * 1024 * 1024) /* per upload: 4M batches of 1000 rows = 4G rows */
-#define TOUCH_EVERY_MS   2000              /* a receiving upload shows its bytes this often */
-#define REJECT_RAW_MAX   200               /* bytes of a rejected value kept */
-#define PRESIGN_GRACE_MS (60 * 1000)       /* a PUT begun just before expiry may still finish */
-#define SCAN_KIND        "upload_scan"
+#define BATCHES_MAX          (4 * 1024 * 1024) /* per upload: 4M batches of 1000 rows = 4G rows */
+#define TOUCH_EVERY_MS       2000              /* a receiving upload shows its bytes this often */
+#define REJECT_RAW_MAX       200               /* bytes of a rejected value kept */
+#define PRESIGN_GRACE_MS     (60 * 1000)       /* a PUT begun just before expiry may still finish */
+#define SCAN_KIND            "upload_scan"
+#define SQLITE_LOAD_CACHE_KB "32768" /* page cache of the connection loading a group */
 
 #define I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
 
@@ -282,7 +284,7 @@ static size_t group_size(const es_app *app)
     /* SQLite pays per commit for every index page a batch touches; elsewhere a
      * job per few batches keeps the per-job costs (claim, done, object reads)
      * small next to the rows */
-    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? 32 : 8;
+    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? 250 : 8;
 }
 
 static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t *njobs_out,
@@ -633,6 +635,9 @@ typedef struct batch_work {
     int64_t accepted[GROUP_MAX], rejected[GROUP_MAX];
     int64_t ins_all, acc_all, rej_all; /* the group's */
     es_job_ctx *ctx;
+    bool big_cache;
+    FILE *spool;
+    int64_t spooled, spool_off[GROUP_MAX], spool_len[GROUP_MAX];
     int rc;
 } batch_work;
 
@@ -737,17 +742,69 @@ static void row_json(batch_work *w, const char *const *fields)
     es_buf_puts(&w->json, "}");
 }
 
+static int load_one(batch_work *w, int64_t k);
+
+/* A batch's rows wait in a temporary file until the group is read: the
+ * reading, checking and object writing of many jobs then run side by side,
+ * and the transaction (on SQLite, the one writer) only loads.  Memory holds
+ * one batch whatever the group's size. */
+static int spool_batch(batch_work *w)
+{
+    if (!w->spool && !(w->spool = tmpfile())) {
+        es_error(COMP, "cannot make a temporary file: %s", strerror(errno));
+        return ES_EIO;
+    }
+    w->spool_off[w->cur] = w->spooled;
+    w->spool_len[w->cur] = (int64_t)w->copy.len;
+    if (w->copy.len && fwrite(w->copy.data, 1, w->copy.len, w->spool) != w->copy.len) {
+        es_error(COMP, "cannot write a temporary file: %s", strerror(errno));
+        return ES_EIO;
+    }
+    w->spooled += (int64_t)w->copy.len;
+    es_buf_reset(&w->copy);
+    return ES_OK;
+}
+
+static int load_spooled(batch_work *w)
+{
+    if (w->spool && fflush(w->spool) != 0) return ES_EIO;
+    int rc = ES_OK;
+    for (int64_t k = 0; k < w->m->count && !rc; k++) {
+        es_buf_reset(&w->copy);
+        size_t n = (size_t)w->spool_len[k];
+        if (n) {
+            if ((rc = es_buf_reserve(&w->copy, n + 1))) break;
+            if (fseeko(w->spool, (off_t)w->spool_off[k], SEEK_SET) != 0 ||
+                fread(w->copy.data, 1, n, w->spool) != n) {
+                es_error(COMP, "cannot read a temporary file back");
+                rc = ES_EIO;
+                break;
+            }
+            w->copy.len = n;
+        }
+        rc = load_one(w, k);
+    }
+    return rc;
+}
+
 /* The current batch is read whole: its object is written (a deterministic
  * name, so a retry overwrites it), its rows end here in w->copy. */
-/* The batch read whole goes into the job's transaction now, so only one
- * batch's rows are ever held: its rows (existing keys left out) and its
- * ledger row.  A retry of the job redoes them all (nothing committed). */
-static int flush_batch(batch_work *w)
+/* One batch into the job's transaction: its rows (existing keys left out)
+ * and its ledger row.  A retry of the job redoes them all (nothing was
+ * committed). */
+static int load_one(batch_work *w, int64_t k)
 {
     es_store_conn *c;
     int rc = es_job_ctx_conn(w->ctx, &c);
     if (rc) return rc;
-    int64_t k = w->cur, inserted = 0;
+    if (!w->big_cache && es_store_dialect(w->app->store) == ES_DIALECT_SQLITE) {
+        /* SQLite reads the key index page by page for every row; with its
+         * default 2 MB cache most of those reads miss.  One writer at a time
+         * holds this, for the length of its job (see load_batch). */
+        w->big_cache =
+            es_store_exec(c, "PRAGMA cache_size = -" SQLITE_LOAD_CACHE_KB, 0, NULL, NULL) == ES_OK;
+    }
+    int64_t inserted = 0;
     if (w->copy.len)
         rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len,
                                  &inserted);
@@ -786,7 +843,7 @@ static int end_batch(batch_work *w)
     if (rc) es_warn(COMP, "cannot store %s: %s", key, es_strerror(rc));
     es_buf_reset(&w->json);
     es_buf_puts(&w->json, "[");
-    if (!rc) rc = flush_batch(w);
+    if (!rc) rc = spool_batch(w);
     w->cur++;
     return rc;
 }
@@ -904,6 +961,7 @@ static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
     es_store_conn *c;
     int rc = es_job_ctx_conn(ctx, &c);
     if (rc) return rc;
+    if ((rc = load_spooled(w))) return rc;
     int64_t ins_all = w->ins_all, acc_all = w->acc_all, rej_all = w->rej_all, t = es_now_ms();
     static const char *const rcols[] = {"upload_id", "line", "col", "reason", "raw"};
     if (w->rejects.len)
@@ -1030,8 +1088,14 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         goto out;
     }
     rc = load_batch(ctx, &w, &m);
+    if (w.big_cache) { /* back to the default: the pooled connection lives on */
+        es_store_conn *c;
+        if (es_job_ctx_conn(ctx, &c) == ES_OK)
+            es_store_exec(c, "PRAGMA cache_size = -2000", 0, NULL, NULL);
+    }
 out:
     es_csv_destroy(csv);
+    if (w.spool) fclose(w.spool);
     json_decref(w.header);
     es_buf_finish(&w.copy);
     es_buf_finish(&w.json);
