@@ -10,7 +10,9 @@
 #include <time.h>
 
 #define ES_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define ES_UUID_LEN     36 /* without the NUL */
+/* An integer as text in a char array buf (for SQL parameters); evaluates to buf. */
+#define ES_I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
+#define ES_UUID_LEN    36 /* without the NUL */
 
 /* ---- time */
 int64_t es_now_ms(void);  /* wall clock, ms since the epoch */

@@ -102,8 +102,6 @@ int es_job_status_parse(const char *s)
 
 /* ---------------------------------------------------------------- helpers */
 
-#define I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
-
 static kind_rt *find_kind(es_engine *e, const char *name)
 {
     for (int i = 0; i < e->nkinds; i++)
@@ -209,12 +207,12 @@ static int add_event(es_store_conn *c, const char *id, const char *status, int a
 {
     char at[24], att[16], dl[24];
     const char *p[] = {id,
-                       I64(at, now),
+                       ES_I64(at, now),
                        status,
-                       I64(att, attempt),
+                       ES_I64(att, attempt),
                        etype,
                        emsg,
-                       delay_ms >= 0 ? I64(dl, delay_ms) : NULL};
+                       delay_ms >= 0 ? ES_I64(dl, delay_ms) : NULL};
     return es_store_exec(c,
                          "INSERT INTO job_events (job_id, at_ms, status, attempt, error_type,"
                          " error_message, delay_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -227,7 +225,7 @@ static int publish_job(es_engine *e, const char *kind, const char *id, int attem
     char queue[ES_KIND_MAX + 8], enq[24];
     snprintf(queue, sizeof queue, "jobs.%s", kind);
     es_kv h[3] = {{"jobId", (char *)id},
-                  {"enqueuedMs", I64(enq, es_now_ms())},
+                  {"enqueuedMs", ES_I64(enq, es_now_ms())},
                   {"traceId", (char *)(trace_id ? trace_id : "")}};
     es_msg m = {.queue = queue,
                 .body = id,
@@ -505,12 +503,12 @@ int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
     const char *p[] = {id,
                        req->tenant,
                        k->name,
-                       I64(max_s, req->max_attempts > 0 ? req->max_attempts : k->max_attempts),
+                       ES_I64(max_s, req->max_attempts > 0 ? req->max_attempts : k->max_attempts),
                        req->payload ? req->payload : "{}",
                        req->idempotency_key,
                        req->trace_id,
-                       req->delay_ms > 0 ? I64(ra, now + req->delay_ms) : NULL,
-                       I64(now_s, now)};
+                       req->delay_ms > 0 ? ES_I64(ra, now + req->delay_ms) : NULL,
+                       ES_I64(now_s, now)};
     int rc =
         es_store_exec(c,
                       "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts, payload,"
@@ -532,7 +530,7 @@ int es_job_publish_new(es_engine *e, const char *kind, const char (*ids)[ES_UUID
     es_kv(*h)[3] = calloc(PUBLISH_GROUP, sizeof *h);
     int rc = m && h ? es_broker_declare(e->broker, k->queue) : ES_ENOMEM;
     char enq[24];
-    I64(enq, es_now_ms());
+    ES_I64(enq, es_now_ms());
     for (size_t at = 0; at < n && rc == ES_OK; at += PUBLISH_GROUP) {
         size_t g = n - at < PUBLISH_GROUP ? n - at : PUBLISH_GROUP;
         for (size_t i = 0; i < g; i++) {
@@ -681,7 +679,7 @@ static int transition(es_engine *e, const char *tenant, const char *id, const ch
              "UPDATE jobs SET %s, updated_ms = $2 WHERE id = $1 AND status IN (%s)%s"
              " RETURNING kind, attempts, trace_id",
              set, from, tenant ? " AND tenant = $3" : "");
-    const char *p[] = {id, I64(now_s, now), tenant};
+    const char *p[] = {id, ES_I64(now_s, now), tenant};
     es_store_conn *c = NULL;
     es_rows *r = NULL;
     int rc = es_store_acquire(e->store, &c);
@@ -846,7 +844,8 @@ static int record_done(es_job_ctx *ctx)
     if (!c) return ES_EBACKEND;
     char now_s[24], att[16];
     int64_t now = es_now_ms();
-    const char *p[] = {ctx->job.id, ctx->result, I64(now_s, now), I64(att, ctx->job.attempts)};
+    const char *p[] = {ctx->job.id, ctx->result, ES_I64(now_s, now),
+                       ES_I64(att, ctx->job.attempts)};
     es_rows *r = NULL;
     int rc = es_store_exec(c,
                            "UPDATE jobs SET status = 'done', result = $2, lease_until = NULL,"
@@ -880,9 +879,9 @@ static int record_failure(es_job_ctx *ctx, bool dead, int64_t delay_ms)
                        status,
                        ctx->error_type,
                        ctx->error_message,
-                       I64(now_s, now),
-                       I64(att, ctx->job.attempts),
-                       dead ? NULL : I64(ra, now + delay_ms)};
+                       ES_I64(now_s, now),
+                       ES_I64(att, ctx->job.attempts),
+                       dead ? NULL : ES_I64(ra, now + delay_ms)};
     int rc = es_store_exec(c,
                            "UPDATE jobs SET status = $2, error_type = $3, error_message = $4,"
                            " lease_until = NULL, updated_ms = $5, run_after = $7"
@@ -905,7 +904,7 @@ static int record_failure(es_job_ctx *ctx, bool dead, int64_t delay_ms)
 static void give_back(es_engine *e, const es_job *j)
 {
     char att[16];
-    const char *p[] = {j->id, I64(att, j->attempts)};
+    const char *p[] = {j->id, ES_I64(att, j->attempts)};
     es_store_exec1(e->store,
                    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_until = NULL"
                    " WHERE id = $1 AND status = 'processing' AND attempts = $2",
@@ -924,8 +923,8 @@ static claim_result claim(es_engine *e, kind_rt *k, const es_delivery *d, es_job
      * that claim may be taken over at once */
     const char *reclaim = es_delivery_header(d, "reclaim");
     const char *p[] = {d->body,
-                       I64(lease_s, now + e->cfg->job_timeout_ms),
-                       I64(now_s, now),
+                       ES_I64(lease_s, now + e->cfg->job_timeout_ms),
+                       ES_I64(now_s, now),
                        d->redelivered ? "1" : "0",
                        reclaim ? reclaim : "",
                        token};
@@ -1002,7 +1001,7 @@ static void abandon(es_engine *e, kind_rt *k, es_consumer *cons, const es_delive
     char enq[24];
     es_kv h[] = {{"jobId", (char *)d->body},
                  {"reclaim", (char *)token},
-                 {"enqueuedMs", I64(enq, es_now_ms())}};
+                 {"enqueuedMs", ES_I64(enq, es_now_ms())}};
     es_msg m = {.queue = k->queue,
                 .body = d->body,
                 .len = d->len,
@@ -1145,7 +1144,7 @@ static void *worker_main(void *argp)
 static void republish_once(es_engine *e)
 {
     char before[24];
-    const char *p[] = {I64(before, es_now_ms() - REPUBLISH_AGE_MS)};
+    const char *p[] = {ES_I64(before, es_now_ms() - REPUBLISH_AGE_MS)};
     es_rows *r = NULL;
     if (es_store_exec1(e->store,
                        "SELECT id, kind, run_after, trace_id FROM jobs WHERE published = 0 AND"

@@ -27,7 +27,14 @@
 #define SCAN_KIND            "upload_scan"
 #define SQLITE_LOAD_CACHE_KB "32768" /* page cache of the connection loading a group */
 
-#define I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
+#define SOURCE_KEY_MAX 80
+
+/* uploads/{id}/source.csv: the file as it was sent */
+static const char *source_key(const char *id, char key[SOURCE_KEY_MAX])
+{
+    snprintf(key, SOURCE_KEY_MAX, "uploads/%s/source.csv", id);
+    return key;
+}
 
 /* ================================================================ receiving */
 
@@ -168,8 +175,8 @@ static int rx_new(es_app *app, const es_dataset *ds, const char *tenant, const c
     es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
                          .max_record = (size_t)app->cfg->csv_max_line,
                          .max_fields = ES_DATASET_MAX_COLS * 2};
-    char key[128];
-    snprintf(key, sizeof key, "uploads/%s/source.csv", rx->id);
+    char key[SOURCE_KEY_MAX];
+    source_key(rx->id, key);
     int rc = es_csv_create(&lim, on_record, rx, &rx->csv);
     if (!rc) es_csv_on_line(rx->csv, on_line);
     if (!rc && write_source) rc = es_blob_writer_open(app->blob, key, "text/csv", &rx->w);
@@ -210,7 +217,7 @@ int es_upload_begin(es_app *app, const es_upload_req *req, es_upload_rx **out, j
     rx->idem = es_strdup(req->idempotency_key);
     rx->trace = es_strdup(req->trace_id);
     char now[24];
-    const char *p[] = {rx->id, rx->tenant, ds.name, req->filename, I64(now, es_now_ms())};
+    const char *p[] = {rx->id, rx->tenant, ds.name, req->filename, ES_I64(now, es_now_ms())};
     rc = exec_upload(app,
                      "INSERT INTO uploads (id, tenant, dataset, status, filename, created_ms,"
                      " updated_ms) VALUES ($1, $2, $3, 'receiving', $4, $5, $5)",
@@ -239,7 +246,7 @@ static void rx_free(es_upload_rx *rx)
 static void mark_failed(es_app *app, const char *id, const char *why)
 {
     char now[24];
-    const char *p[] = {id, why, I64(now, es_now_ms())};
+    const char *p[] = {id, why, ES_I64(now, es_now_ms())};
     if (exec_upload(app,
                     "UPDATE uploads SET status = 'failed', error = $2, finished_ms = $3,"
                     " updated_ms = $3 WHERE id = $1",
@@ -270,7 +277,7 @@ int es_upload_feed(es_upload_rx *rx, const char *data, size_t len)
     if (now - rx->last_touch >= TOUCH_EVERY_MS) {
         rx->last_touch = now;
         char b[24], t[24];
-        const char *p[] = {rx->id, I64(b, es_csv_bytes(rx->csv)), I64(t, es_now_ms())};
+        const char *p[] = {rx->id, ES_I64(b, es_csv_bytes(rx->csv)), ES_I64(t, es_now_ms())};
         exec_upload(rx->app, "UPDATE uploads SET bytes = $2, updated_ms = $3 WHERE id = $1", 3, p);
     }
     return ES_OK;
@@ -317,8 +324,8 @@ static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t 
                          .trace_id = rx->trace};
         rc = es_job_insert_tx(app->engine, c, &jr, ids[njobs]);
         for (size_t k = 0; k < n && !rc; k++) {
-            const char *p[] = {rx->id, I64(seq, (int64_t)(first + k + 1)), ids[njobs],
-                               I64(rows, a[k].rows)};
+            const char *p[] = {rx->id, ES_I64(seq, (int64_t)(first + k + 1)), ids[njobs],
+                               ES_I64(rows, a[k].rows)};
             rc = es_store_exec(c,
                                "INSERT INTO upload_batches (upload_id, seq, job_id, rows)"
                                " VALUES ($1, $2, $3, $4)",
@@ -331,10 +338,10 @@ static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t 
     const char *p[] = {rx->id,
                        rx->nbatches ? "queued" : "done",
                        header,
-                       I64(bytes, es_csv_bytes(rx->csv)),
-                       I64(total, rx->rows),
-                       I64(nb, (int64_t)rx->nbatches),
-                       I64(now, t),
+                       ES_I64(bytes, es_csv_bytes(rx->csv)),
+                       ES_I64(total, rx->rows),
+                       ES_I64(nb, (int64_t)rx->nbatches),
+                       ES_I64(now, t),
                        rx->idem,
                        rx->nbatches ? NULL : now};
     if (!rc)
@@ -384,19 +391,11 @@ int es_upload_end(es_upload_rx *rx, json_t **status)
         rc = es_upload_get(app, rx->tenant, rx->id, status);
     } else if (idem_taken) {
         /* the same file was sent twice at once, and the other one got there first */
-        const char *p[] = {rx->tenant, rx->idem};
-        es_rows *r = NULL;
-        rc = es_store_exec1(app->store,
-                            "SELECT id FROM uploads WHERE tenant = $1 AND idempotency_key = $2", 2,
-                            p, &r);
-        if (rc == ES_OK && es_rows_count(r) == 1)
-            rc = es_upload_get(app, rx->tenant, es_rows_get(r, 0, 0), status);
-        es_rows_free(r);
+        rc = find_idem(app, rx->tenant, rx->idem, status);
         const char *d[] = {rx->id};
         exec_upload(app, "DELETE FROM uploads WHERE id = $1", 1, d);
-        char key[128];
-        snprintf(key, sizeof key, "uploads/%s/source.csv", rx->id);
-        es_blob_del(app->blob, key);
+        char key[SOURCE_KEY_MAX];
+        es_blob_del(app->blob, source_key(rx->id, key));
     } else {
         rx_fail(rx, rc, "cannot queue the upload: %s", es_strerror(rc));
     }
@@ -481,7 +480,7 @@ int es_upload_list(es_app *app, const es_upload_filter *f, json_t **items, char 
     *next = NULL;
     if (f->cursor && !es_uuid_valid(f->cursor)) return ES_EINVAL;
     char lim[24];
-    const char *p[] = {f->tenant, f->dataset, f->status, f->cursor, I64(lim, f->limit + 1)};
+    const char *p[] = {f->tenant, f->dataset, f->status, f->cursor, ES_I64(lim, f->limit + 1)};
     es_rows *r = NULL;
     int rc = es_store_exec1(app->store,
                             "SELECT " UPLOAD_COLS " FROM uploads WHERE tenant = $1"
@@ -521,7 +520,7 @@ int es_upload_rejects_page(es_app *app, const char *id, const char *after, int l
 {
     *next_after = NULL;
     char lim[24];
-    const char *p[] = {id, after ? after : "0", I64(lim, limit)};
+    const char *p[] = {id, after ? after : "0", ES_I64(lim, limit)};
     es_rows *r = NULL;
     /* ordered by line; within a line by column (the rows of one line are
      * written in one batch, so a page never splits a line across a cursor
@@ -566,7 +565,7 @@ int es_upload_retry(es_app *app, const char *tenant, const char *id)
         1, p, &r);
     if (rc) return rc;
     char now[24];
-    const char *q[] = {id, I64(now, es_now_ms())};
+    const char *q[] = {id, ES_I64(now, es_now_ms())};
     rc = exec_upload(app,
                      "UPDATE uploads SET status = 'processing', error = NULL, finished_ms = NULL,"
                      " batches_failed = 0, updated_ms = $2 WHERE id = $1 AND status = 'failed'",
@@ -810,11 +809,11 @@ static int load_one(batch_work *w, int64_t k)
                                  &inserted);
     char seq[24], ins[24], dup[24], rej[24], now[24];
     const char *p[] = {w->upload_id,
-                       I64(seq, w->m->seq + k),
-                       I64(ins, inserted),
-                       I64(dup, w->accepted[k] - inserted),
-                       I64(rej, w->rejected[k]),
-                       I64(now, es_now_ms())};
+                       ES_I64(seq, w->m->seq + k),
+                       ES_I64(ins, inserted),
+                       ES_I64(dup, w->accepted[k] - inserted),
+                       ES_I64(rej, w->rejected[k]),
+                       ES_I64(now, es_now_ms())};
     es_rows *r = NULL;
     if (!rc)
         rc = es_store_exec(c,
@@ -945,7 +944,7 @@ static int settle(es_app *app, es_store_conn *c, const char *id, const char **fi
         goto out;
     }
     char now[24];
-    const char *q[] = {id, *final, why[0] ? why : NULL, I64(now, es_now_ms())};
+    const char *q[] = {id, *final, why[0] ? why : NULL, ES_I64(now, es_now_ms())};
     rc = es_store_exec(c,
                        "UPDATE uploads SET status = $2, error = $3, finished_ms = $4,"
                        " updated_ms = $4 WHERE id = $1",
@@ -967,8 +966,9 @@ static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
     if (w->rejects.len)
         rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->rejects.data, w->rejects.len);
     char ins[24], dup[24], rej[24], now[24], cnt[24];
-    const char *p[] = {m->upload,         I64(ins, ins_all), I64(dup, acc_all - ins_all),
-                       I64(rej, rej_all), I64(now, t),       I64(cnt, m->count)};
+    const char *p[] = {
+        m->upload,      ES_I64(ins, ins_all), ES_I64(dup, acc_all - ins_all), ES_I64(rej, rej_all),
+        ES_I64(now, t), ES_I64(cnt, m->count)};
     if (!rc)
         rc = es_store_exec(
             c,
@@ -1003,7 +1003,7 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         return ES_EINVAL;
     }
     char seqs[24];
-    const char *p[] = {m.upload, I64(seqs, m.seq)};
+    const char *p[] = {m.upload, ES_I64(seqs, m.seq)};
     es_rows *r = NULL;
     int rc = es_store_exec1(app->store,
                             "SELECT u.tenant, u.dataset, u.header, b.done_ms FROM uploads u"
@@ -1068,8 +1068,8 @@ static int batch_run(es_job_ctx *ctx, void *arg)
                          .max_fields = ES_DATASET_MAX_COLS * 2};
     if ((rc = es_csv_create(&lim, batch_record, &w, &csv))) goto out;
     es_csv_start_at(csv, m.line);
-    char key[128];
-    snprintf(key, sizeof key, "uploads/%s/source.csv", m.upload);
+    char key[SOURCE_KEY_MAX];
+    source_key(m.upload, key);
     es_buf_puts(&w.json, "[");
     feed_arg fa = {csv};
     rc = es_blob_get_range(app->blob, key, m.offset, m.length, feed_sink, &fa);
@@ -1110,7 +1110,7 @@ static int batch_dead(es_job_ctx *ctx, es_store_conn *c, void *arg)
     batch_msg m;
     if (parse_msg(es_job_ctx_job(ctx)->payload, &m)) return ES_OK;
     char now[24], n[24];
-    const char *p[] = {m.upload, I64(now, es_now_ms()), I64(n, m.count)};
+    const char *p[] = {m.upload, ES_I64(now, es_now_ms()), ES_I64(n, m.count)};
     int rc =
         es_store_exec(c,
                       "UPDATE uploads SET batches_failed = batches_failed + $3, updated_ms = $2"
@@ -1174,9 +1174,9 @@ int es_upload_presign(es_app *app, const es_upload_req *req, int64_t size, json_
     if (rc) return rc;
     if (size > app->cfg->max_upload) return ES_ELIMIT;
     if ((rc = es_datasets_ensure_table(app->store, &ds))) return rc;
-    char id[ES_UUID_LEN + 1], key[128], now[24], exp[24];
+    char id[ES_UUID_LEN + 1], key[SOURCE_KEY_MAX], now[24], exp[24];
     es_uuid7(id);
-    snprintf(key, sizeof key, "uploads/%s/source.csv", id);
+    source_key(id, key);
     int64_t ttl_s = app->cfg->signed_url_ttl_ms / 1000, t = es_now_ms();
     char *url = NULL;
     if ((rc = es_blob_presign(app->blob, "PUT", key, "text/csv", ttl_s, &url))) return rc;
@@ -1184,8 +1184,8 @@ int es_upload_presign(es_app *app, const es_upload_req *req, int64_t size, json_
                        req->tenant,
                        ds.name,
                        req->filename,
-                       I64(now, t),
-                       I64(exp, t + ttl_s * 1000),
+                       ES_I64(now, t),
+                       ES_I64(exp, t + ttl_s * 1000),
                        req->idempotency_key};
     rc = exec_upload(app,
                      "INSERT INTO uploads (id, tenant, dataset, status, filename, origin,"
@@ -1230,8 +1230,8 @@ int es_upload_complete(es_app *app, const char *tenant, const char *id, json_t *
     if (rc) return rc;
     if (!presigned) return ES_EINVAL;
     if (receiving) {
-        char key[128];
-        snprintf(key, sizeof key, "uploads/%s/source.csv", id);
+        char key[SOURCE_KEY_MAX];
+        source_key(id, key);
         es_blob_info info;
         if ((rc = es_blob_head(app->blob, key, &info)))
             return rc == ES_ENOTFOUND ? ES_ECONFLICT : rc;
@@ -1274,9 +1274,8 @@ static int scan_run(es_job_ctx *ctx, void *arg)
     if (!rc) rc = rx_new(app, &ds, es_rows_get(r, 0, 0), id, false, &rx);
     es_rows_free(r);
     if (rc) return rc;
-    char key[128];
-    snprintf(key, sizeof key, "uploads/%s/source.csv", id);
-    rc = es_blob_get(app->blob, key, 0, scan_sink, rx);
+    char key[SOURCE_KEY_MAX];
+    rc = es_blob_get(app->blob, source_key(id, key), 0, scan_sink, rx);
     if (rc == ES_OK || rc == ES_EINVAL) {
         json_t *st = NULL;
         if (rc == ES_OK) rc = es_upload_end(rx, &st);
