@@ -16,6 +16,7 @@
 #include "esteira/auth.h"
 #include "esteira/err.h"
 #include "esteira/log.h"
+#include "esteira/events.h"
 #include "esteira/upload.h"
 
 static int mkdir_p(const char *path)
@@ -126,6 +127,7 @@ int es_app_create(es_config *cfg, unsigned roles, es_app **out)
     if ((rc = es_engine_create(cfg, app->store, app->broker, app->cache, &app->engine))) goto fail;
     if ((rc = es_jobs_register_builtin(app->engine))) goto fail;
     if ((rc = es_uploads_register(app))) goto fail;
+    if ((rc = es_events_create(app, &app->events))) goto fail;
 
     if (roles & ES_ROLE_API) {
         bool loop = is_loopback(cfg->host);
@@ -171,6 +173,7 @@ int es_app_start(es_app *app)
         }
     }
     if ((rc = es_blob_open(app->cfg->blob_url, app->cfg, &app->blob))) return rc;
+    if ((rc = es_events_start(app->events))) return rc;
     if ((app->roles & ES_ROLE_WORKER) && app->cfg->workers > 0) {
         if ((rc = es_engine_start(app->engine))) return rc;
     } else if ((rc = es_engine_start_republisher(app->engine))) {
@@ -191,6 +194,7 @@ void es_app_stop(es_app *app)
 {
     if (!app) return;
     if (app->http) es_http_stop(app->http);
+    es_events_stop(app->events); /* after HTTP: its deferred answers need the publishers */
     es_engine_stop(app->engine, app->cfg->shutdown_timeout_ms);
 }
 
@@ -198,6 +202,7 @@ void es_app_destroy(es_app *app)
 {
     if (!app) return;
     es_http_destroy(app->http);
+    es_events_destroy(app->events);
     es_engine_destroy(app->engine);
     es_blob_close(app->blob);
     es_cache_close(app->cache);

@@ -25,8 +25,9 @@ typedef struct es_app {
     es_blob *blob;
     es_engine *engine;
     es_http *http;
-    char *secret;           /* signs URLs */
-    bool open_mode_allowed; /* loopback and ESTEIRA_AUTH=auto */
+    struct es_events *events; /* event ingestion (src/pipeline/events.c) */
+    char *secret;             /* signs URLs */
+    bool open_mode_allowed;   /* loopback and ESTEIRA_AUTH=auto */
 } es_app;
 
 /* Opens the backends (creating the data directory), migrates the store and

@@ -62,6 +62,8 @@ typedef struct es_broker_ops {
     /* ES_ETIMEDOUT when nothing arrived within timeout_ms. */
     int (*next)(void *consumer, int timeout_ms, es_delivery *out);
     int (*ack)(void *consumer, const es_delivery *d);
+    /* optional: n deliveries at once (NULL = ack one by one) */
+    int (*ack_many)(void *consumer, const es_delivery *ds, size_t n);
     int (*retry)(void *consumer, const es_delivery *d, int64_t delay_ms);
     int (*dead)(void *consumer, const es_delivery *d, const char *reason);
     void (*consumer_close)(void *consumer);
@@ -87,6 +89,9 @@ int es_consumer_open(es_broker *b, const char *queue, int prefetch, es_consumer 
 void es_consumer_close(es_consumer *c);
 int es_consumer_next(es_consumer *c, int timeout_ms, es_delivery *out);
 int es_consumer_ack(es_consumer *c, const es_delivery *d);
+/* Acks n deliveries (one transaction on the local queue).  On an error some
+ * may have been acked: the others are delivered again. */
+int es_consumer_ack_many(es_consumer *c, const es_delivery *ds, size_t n);
 int es_consumer_retry(es_consumer *c, const es_delivery *d, int64_t delay_ms);
 int es_consumer_dead(es_consumer *c, const es_delivery *d, const char *reason);
 

@@ -55,6 +55,17 @@ typedef struct es_config {
     int64_t csv_max_field;      /* bytes in one CSV field */
     int64_t csv_max_line;       /* bytes in one CSV record */
     int64_t reject_max_percent; /* an upload with more rejected rows fails (100 = never) */
+    /* events */
+    char *events_types;         /* accepted event types, comma-separated */
+    int64_t events_data_max;    /* bytes of one eventData (compact JSON) */
+    int64_t events_field_max;   /* characters of userId / sessionId */
+    int64_t events_request_max; /* events in one batch request */
+    int64_t events_group_max;   /* bytes of events in one broker message */
+    int64_t events_pending_max; /* bytes accepted, not yet confirmed (503 beyond) */
+    int64_t events_publishers;  /* publishes in flight at once */
+    int64_t events_batch_max;   /* a flush when this many are buffered … */
+    int64_t events_flush_ms;    /* … or the oldest is this old */
+    int64_t events_flushers;    /* flush threads per worker process */
     /* logs */
     char *log_level;
     /* client commands */

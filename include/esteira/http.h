@@ -105,6 +105,9 @@ void *es_req_state(es_req *r);
 typedef int (*es_part_fn)(es_req *r, const char *name, const char *filename,
                           const char *content_type, const char *data, size_t len, uint64_t off);
 int es_req_multipart(es_req *r, es_part_fn fn);
+/* A page of a list: rc from the lister (ES_EINVAL = a bad cursor, 400);
+ * {items, nextCursor}.  Takes items and next. */
+int es_reply_page(es_req *r, int rc, json_t *items, char *next);
 /* Parses "limit" (1..max, default def); answers 400 itself on a bad value. */
 int es_req_limit(es_req *r, int def, int max, int *out);
 
@@ -149,6 +152,20 @@ void es_stream_wake(es_stream *s);
 void es_stream_wake_in(es_stream *s, int64_t ms);
 es_stream *es_stream_ref(es_stream *s);
 void es_stream_unref(es_stream *s); /* NULL is a no-op */
+/* A reply that another thread makes (group commits: the answer waits for a
+ * broker confirmation shared by many requests).  The handler calls
+ * es_req_defer, hands the handle over and returns without replying; the
+ * connection is then parked - it holds no thread - until the handle is
+ * answered, from any thread, by exactly one es_defer_reply_* (which also
+ * releases the handle).  The handler must not touch r once the handle is
+ * handed over.  Should the server stop first, the request is answered 503
+ * and a later es_defer_reply_* only releases the handle. */
+typedef struct es_defer es_defer;
+es_defer *es_req_defer(es_req *r); /* NULL: out of memory (then answer at once) */
+void es_defer_reply_data(es_defer *d, unsigned status, const char *content_type, const void *data,
+                         size_t len);
+void es_defer_reply_err(es_defer *d, int err, const char *message);
+
 bool es_req_replied(es_req *r);
 unsigned es_http_status_of(int err);
 

@@ -134,6 +134,15 @@ int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
                      char id[ES_UUID_LEN + 1]);
 int es_job_publish_new(es_engine *e, const char *kind, const char (*ids)[ES_UUID_LEN + 1], size_t n,
                        const char *trace_id);
+/* A job that is dead from the start, in the caller's transaction: work that
+ * failed its last attempt outside the job engine (a flush of events) lands
+ * in the dead-letter list this way, and a re-drive runs it as a job. */
+int es_job_insert_dead_tx(es_engine *e, es_store_conn *c, const es_job_req *req, int attempts,
+                          const char *error_type, const char *error_message,
+                          char id[ES_UUID_LEN + 1]);
+/* The attempts and backoff a kind runs with (after ESTEIRA_JOB_KINDS). */
+int es_engine_kind_policy(es_engine *e, const char *kind, int *max_attempts, int64_t *base_ms,
+                          int64_t *cap_ms);
 
 /* tenant NULL = any tenant (admin, workers) */
 int es_job_get(es_engine *e, const char *tenant, const char *id, es_job *out);

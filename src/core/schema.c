@@ -20,6 +20,27 @@ typedef struct migration {
     const char *pg_sql;
 } migration;
 
+/* the parts of migration 5 both dialects share */
+#define EVENTS_COMMON_SQL                                                                          \
+    "CREATE INDEX user_interactions_user_type"                                                     \
+    " ON user_interactions (tenant, user_id, event_type, occurred_at);"                            \
+    "CREATE INDEX user_interactions_time ON user_interactions (tenant, occurred_at);"              \
+    "CREATE TABLE event_counts ("                                                                  \
+    " tenant text NOT NULL,"                                                                       \
+    " event_type text NOT NULL,"                                                                   \
+    " n bigint NOT NULL DEFAULT 0,"                                                                \
+    " PRIMARY KEY (tenant, event_type));"                                                          \
+    "CREATE TABLE event_flushes ("                                                                 \
+    " hour_ms bigint PRIMARY KEY,"                                                                 \
+    " flushes bigint NOT NULL,"                                                                    \
+    " events bigint NOT NULL,"                                                                     \
+    " inserted bigint NOT NULL,"                                                                   \
+    " age_sum_ms bigint NOT NULL,"                                                                 \
+    " age_max_ms bigint NOT NULL,"                                                                 \
+    " duration_sum_ms bigint NOT NULL,"                                                            \
+    " duration_max_ms bigint NOT NULL,"                                                            \
+    " last_ms bigint NOT NULL);"
+
 static const migration migrations[] = {
     {1, "jobs",
      "CREATE TABLE jobs ("
@@ -125,6 +146,51 @@ static const migration migrations[] = {
      " definition text NOT NULL,"
      " created_ms bigint NOT NULL);",
      NULL, NULL},
+    /* Events (src/pipeline/events.c).  A flush bulk-loads its events and
+     * leaves out ids already stored; event_counts is kept by a trigger so the
+     * totals count exactly the rows that went in, however a load was made.
+     * event_flushes adds up the flushes of each hour (a row per hour, not per
+     * flush). */
+    {5, "events", NULL,
+     "CREATE TABLE user_interactions ("
+     " tenant text NOT NULL,"
+     " id text NOT NULL,"
+     " user_id text NOT NULL,"
+     " event_type text NOT NULL,"
+     " event_data text,"
+     " session_id text NOT NULL,"
+     " occurred_at bigint NOT NULL,"
+     " received_at bigint NOT NULL,"
+     " processed integer NOT NULL DEFAULT 1,"
+     " PRIMARY KEY (tenant, id));" EVENTS_COMMON_SQL
+     "CREATE TRIGGER user_interactions_count AFTER INSERT ON user_interactions BEGIN"
+     " INSERT INTO event_counts (tenant, event_type, n) VALUES (NEW.tenant, NEW.event_type, 1)"
+     " ON CONFLICT (tenant, event_type) DO UPDATE SET n = n + 1;"
+     " END;",
+     "CREATE TABLE user_interactions ("
+     " tenant text NOT NULL,"
+     " id uuid NOT NULL,"
+     " user_id text NOT NULL,"
+     " event_type text NOT NULL,"
+     " event_data json,"
+     " session_id text NOT NULL,"
+     " occurred_at bigint NOT NULL,"
+     " received_at bigint NOT NULL,"
+     " processed boolean NOT NULL DEFAULT true,"
+     " PRIMARY KEY (tenant, id));" EVENTS_COMMON_SQL
+     /* once per statement, over the rows it inserted; in key order, so two
+      * flushes that meet on the same counters lock them in the same order */
+     "CREATE FUNCTION esteira_count_events() RETURNS trigger LANGUAGE plpgsql AS $$"
+     " BEGIN"
+     " INSERT INTO event_counts (tenant, event_type, n)"
+     " SELECT tenant, event_type, count(*) FROM new_rows GROUP BY tenant, event_type"
+     " ORDER BY tenant, event_type"
+     " ON CONFLICT (tenant, event_type) DO UPDATE SET n = event_counts.n + excluded.n;"
+     " RETURN NULL;"
+     " END $$;"
+     "CREATE TRIGGER user_interactions_count AFTER INSERT ON user_interactions"
+     " REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT"
+     " EXECUTE FUNCTION esteira_count_events();"},
 };
 
 static int max_version(es_store_conn *c, int64_t *out)

@@ -190,11 +190,30 @@ uint64_t es_random_below(uint64_t n)
     return v % n;
 }
 
+/* Ids are made on every hot path (one per event): random bytes come from a
+ * per-thread pool refilled by one getrandom call, not a call per id. */
+static void random_pooled(unsigned char *out, size_t n)
+{
+    static _Thread_local unsigned char pool[512];
+    static _Thread_local size_t left;
+    if (n > sizeof pool) {
+        es_random(out, n);
+        return;
+    }
+    if (left < n) {
+        es_random(pool, sizeof pool);
+        left = sizeof pool;
+    }
+    memcpy(out, pool + sizeof pool - left, n);
+    memset(pool + sizeof pool - left, 0, n); /* used bytes do not linger */
+    left -= n;
+}
+
 void es_uuid7(char out[ES_UUID_LEN + 1])
 {
     unsigned char b[16];
     uint64_t ms = (uint64_t)es_now_ms();
-    es_random(b + 6, 10);
+    random_pooled(b + 6, 10);
     for (int i = 0; i < 6; i++)
         b[i] = (unsigned char)(ms >> (40 - 8 * i));
     b[6] = (unsigned char)(0x70 | (b[6] & 0x0f)); /* version 7 */

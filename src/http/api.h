@@ -35,6 +35,12 @@ int api_uploads_complete(es_req *r);
 /* api_sse.c: Server-Sent Events */
 int api_uploads_events(es_req *r);
 
+/* api_events.c */
+int api_events_post(es_req *r);
+int api_events_batch(es_req *r);
+int api_events_list(es_req *r);
+int api_events_stats(es_req *r);
+
 /* api_datasets.c */
 int api_datasets_create(es_req *r);
 int api_datasets_list(es_req *r);

@@ -101,15 +101,7 @@ static int list(es_req *r, int forced_status)
     json_t *items = NULL;
     char *next = NULL;
     int rc = es_job_list(app->engine, &f, &items, &next);
-    if (rc == ES_EINVAL)
-        return es_reply_error(r, 400, "validation_failed", "bad cursor",
-                              json_pack("[{s:s, s:s}]", "field", "cursor", "problem",
-                                        "not a cursor from a previous page"));
-    if (rc) return es_reply_err(r, rc, "could not list jobs");
-    json_t *o = json_pack("{s:o, s:o}", "items", items, "nextCursor",
-                          next ? json_string(next) : json_null());
-    free(next);
-    return es_reply_json(r, 200, o);
+    return es_reply_page(r, rc, items, next);
 }
 
 int api_jobs_list(es_req *r)

@@ -174,15 +174,7 @@ int api_uploads_list(es_req *r)
     json_t *items = NULL;
     char *next = NULL;
     int rc = es_upload_list(es_req_app(r), &f, &items, &next);
-    if (rc == ES_EINVAL)
-        return es_reply_error(r, 400, "validation_failed", "bad cursor",
-                              json_pack("[{s:s, s:s}]", "field", "cursor", "problem",
-                                        "not a cursor from a previous page"));
-    if (rc) return es_reply_err(r, rc, NULL);
-    json_t *o = json_pack("{s:o, s:o}", "items", items, "nextCursor",
-                          next ? json_string(next) : json_null());
-    free(next);
-    return es_reply_json(r, 200, o);
+    return es_reply_page(r, rc, items, next);
 }
 
 int api_uploads_retry(es_req *r)

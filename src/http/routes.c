@@ -47,6 +47,17 @@ static const es_route routes[] = {
      "A signed URL to PUT a CSV straight to storage {dataset, filename?, size?}"},
     {"POST", "/v1/uploads/{id}/complete", INGEST, api_uploads_complete, NULL, NULL, NULL,
      "The presigned PUT is done: a worker reads the file from storage"},
+    /* events: 202 once durable (confirmed by the broker), stored in batches */
+    {"POST", "/v1/events", INGEST, api_events_post, NULL, NULL, NULL,
+     "Send an event {userId, eventType, eventData?, sessionId, eventId?, occurredAt?}; 202 once "
+     "durable"},
+    {"POST", "/events", INGEST, api_events_post, NULL, NULL, NULL, "Alias of POST /v1/events"},
+    {"POST", "/v1/events/batch", INGEST, api_events_batch, NULL, NULL, NULL,
+     "Send events as a JSON array or NDJSON; 202 {accepted, rejected:[{index, errors}]}"},
+    {"GET", "/v1/events", READ, api_events_list, NULL, NULL, NULL,
+     "Stored events, newest first (?userId=&eventType=&from=&to=&limit=&cursor=)"},
+    {"GET", "/v1/events/stats", READ, api_events_stats, NULL, NULL, NULL,
+     "Event totals by type, flushes (batches) and flush lag"},
     /* datasets: definitions shared by every tenant, rows per tenant */
     {"POST", "/v1/datasets", ADMIN, api_datasets_create, NULL, NULL, NULL,
      "Define a dataset {name, columns:[{name, header?, type, required?, …}], key}"},

@@ -78,6 +78,7 @@ struct es_http {
     int64_t nwaiting;
     pthread_t timer;
     bool timer_running, timer_stop;
+    es_defer *deferred; /* requests answered later (es_req_defer), under wmu */
 };
 
 /* A response whose read() may say "later".  Parked = suspended by
@@ -99,6 +100,22 @@ struct es_stream {
     es_reply_read_fn read;
     void *arg;
     void (*free_fn)(void *);
+};
+
+/* A request whose reply comes from another thread (es_req_defer).  Two
+ * references: the request's (dropped when it completes) and the answerer's
+ * (dropped by es_defer_reply_*).  mu guards r, answered and parked: the
+ * answerer sets the reply and resumes the connection if libmicrohttpd's
+ * thread has parked it already; that thread parks it only if no answer has
+ * come yet.  Lock order: wmu, then mu. */
+struct es_defer {
+    es_http *h;
+    atomic_int refs;
+    pthread_mutex_t mu;
+    es_req *r;     /* NULL once the request has completed */
+    bool answered; /* a reply was set */
+    bool parked;   /* suspended by on_request, not yet resumed */
+    es_defer *prev, *next;
 };
 
 typedef struct hdr {
@@ -143,6 +160,7 @@ struct es_req {
     struct MHD_PostProcessor *pp;
     es_part_fn part_fn;
     es_stream *wait; /* a waiting stream's handle (one reference) */
+    es_defer *defer; /* the reply comes from another thread (one reference) */
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -618,6 +636,123 @@ static void *timer_main(void *arg)
     return NULL;
 }
 
+/* ------------------------------------------------------------------ deferred replies */
+
+es_defer *es_req_defer(es_req *r)
+{
+    if (r->defer || r->replied || r->phase != PH_DONE) return NULL;
+    es_defer *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    if (pthread_mutex_init(&d->mu, NULL) != 0) {
+        free(d);
+        return NULL;
+    }
+    d->h = r->h;
+    atomic_init(&d->refs, 2); /* the request's and the answerer's */
+    d->r = r;
+    pthread_mutex_lock(&r->h->wmu);
+    d->next = r->h->deferred;
+    if (d->next) d->next->prev = d;
+    r->h->deferred = d;
+    pthread_mutex_unlock(&r->h->wmu);
+    r->defer = d;
+    return d;
+}
+
+static void defer_unref(es_defer *d)
+{
+    if (d && atomic_fetch_sub(&d->refs, 1) == 1) {
+        pthread_mutex_destroy(&d->mu);
+        free(d);
+    }
+}
+
+/* Under d->mu, with d->r set and no answer yet: the reply is in place. */
+static void defer_answered(es_defer *d)
+{
+    d->answered = true;
+    if (d->parked) {
+        d->parked = false;
+        MHD_resume_connection(d->r->conn);
+    }
+}
+
+void es_defer_reply_data(es_defer *d, unsigned status, const char *content_type, const void *data,
+                         size_t len)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->mu);
+    if (d->r && !d->answered) {
+        es_reply_data(d->r, status, content_type, data, len);
+        defer_answered(d);
+    }
+    pthread_mutex_unlock(&d->mu);
+    defer_unref(d);
+}
+
+void es_defer_reply_err(es_defer *d, int err, const char *message)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->mu);
+    if (d->r && !d->answered) {
+        es_reply_err(d->r, err, message);
+        defer_answered(d);
+    }
+    pthread_mutex_unlock(&d->mu);
+    defer_unref(d);
+}
+
+/* On libmicrohttpd's thread, once the handler has returned: true = parked
+ * (nothing to queue yet). */
+static bool defer_park(es_req *r)
+{
+    es_defer *d = r->defer;
+    pthread_mutex_lock(&d->mu);
+    bool park = !d->answered;
+    if (park) {
+        MHD_suspend_connection(r->conn);
+        d->parked = true;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return park;
+}
+
+/* The request completed: a late answer must not touch it. */
+static void defer_detach(es_req *r)
+{
+    es_defer *d = r->defer;
+    es_http *h = r->h;
+    pthread_mutex_lock(&h->wmu);
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        h->deferred = d->next;
+    if (d->next) d->next->prev = d->prev;
+    d->prev = d->next = NULL;
+    pthread_mutex_lock(&d->mu);
+    d->r = NULL;
+    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&h->wmu);
+    r->defer = NULL;
+    defer_unref(d);
+}
+
+/* The server stops: every request still waiting for its answer gets 503
+ * (libmicrohttpd must not be stopped with a connection suspended). */
+static void defer_give_up(es_http *h)
+{
+    pthread_mutex_lock(&h->wmu);
+    for (es_defer *d = h->deferred; d; d = d->next) {
+        pthread_mutex_lock(&d->mu);
+        if (d->r && !d->answered) {
+            es_reply_error(d->r, 503, "unavailable", "the server is stopping", NULL);
+            defer_answered(d);
+        }
+        pthread_mutex_unlock(&d->mu);
+    }
+    pthread_mutex_unlock(&h->wmu);
+}
+
 bool es_req_replied(es_req *r)
 {
     return r->replied;
@@ -747,6 +882,23 @@ void es_req_set_state(es_req *r, void *state, void (*free_fn)(void *))
 void *es_req_state(es_req *r)
 {
     return r->state;
+}
+
+int es_reply_page(es_req *r, int rc, json_t *items, char *next)
+{
+    if (rc) {
+        json_decref(items);
+        free(next);
+        if (rc == ES_EINVAL)
+            return es_reply_error(r, 400, "validation_failed", "bad cursor",
+                                  json_pack("[{s:s, s:s}]", "field", "cursor", "problem",
+                                            "not a cursor from a previous page"));
+        return es_reply_err(r, rc, NULL);
+    }
+    json_t *o = json_pack("{s:o, s:o}", "items", items ? items : json_array(), "nextCursor",
+                          next ? json_string(next) : json_null());
+    free(next);
+    return es_reply_json(r, 200, o);
 }
 
 int es_req_limit(es_req *r, int def, int max, int *out)
@@ -968,6 +1120,7 @@ static void on_end(es_req *r)
     if (r->replied) return;
     if (r->route->handle) {
         int rc = r->route->handle(r);
+        if (r->defer) return; /* answered from elsewhere: r->replied is not ours to read */
         if (r->replied) return;
         es_error(COMP, "handler of %s %s returned %d without answering", r->method,
                  r->route->pattern, rc);
@@ -1041,9 +1194,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         if (!on_body(r, upload_data, n)) ret = MHD_NO;
+    } else if (r->phase == PH_DONE && r->defer) {
+        ret = queue_pending(r); /* resumed: the answer is in */
     } else {
         on_end(r);
-        ret = queue_pending(r);
+        if (!r->defer || !defer_park(r)) ret = queue_pending(r);
     }
     es_log_ctx_clear();
     return ret;
@@ -1079,6 +1234,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     es_log_ctx_clear();
 
     if (r->pp) MHD_destroy_post_processor(r->pp);
+    if (r->defer) defer_detach(r);
     if (r->wait) {
         pthread_mutex_lock(&r->h->wmu);
         r->wait->conn = NULL;
@@ -1243,6 +1399,9 @@ void es_http_stop(es_http *h)
     int64_t deadline = es_mono_ms() + h->app->cfg->shutdown_timeout_ms;
     while (atomic_load(&h->inflight) > 0 && es_mono_ms() < deadline)
         es_sleep_ms(10);
+    defer_give_up(h);
+    for (int i = 0; i < 100 && atomic_load(&h->inflight) > 0; i++)
+        es_sleep_ms(10); /* the 503s go out */
     if (atomic_load(&h->inflight) > 0)
         es_warn(COMP, "stopping with %d requests still in flight", atomic_load(&h->inflight));
     MHD_stop_daemon(h->d);

@@ -393,6 +393,17 @@ int es_engine_register(es_engine *e, const es_job_kind *kind)
     return ES_OK;
 }
 
+int es_engine_kind_policy(es_engine *e, const char *kind, int *max_attempts, int64_t *base_ms,
+                          int64_t *cap_ms)
+{
+    kind_rt *k = find_kind(e, kind ? kind : "");
+    if (!k) return ES_ENOTFOUND;
+    if (max_attempts) *max_attempts = k->max_attempts;
+    if (base_ms) *base_ms = k->base_ms;
+    if (cap_ms) *cap_ms = k->cap_ms;
+    return ES_OK;
+}
+
 int es_engine_kinds(es_engine *e, const char ***names)
 {
     *names = e->kind_names;
@@ -516,6 +527,37 @@ int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
                       " VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, 0, $9, $9)",
                       9, p, NULL);
     if (!rc) rc = add_event(c, id, "queued", 0, NULL, NULL, -1, now);
+    return rc;
+}
+
+int es_job_insert_dead_tx(es_engine *e, es_store_conn *c, const es_job_req *req, int attempts,
+                          const char *error_type, const char *error_message,
+                          char id[ES_UUID_LEN + 1])
+{
+    kind_rt *k = find_kind(e, req->kind ? req->kind : "");
+    if (!k || !req->tenant) return ES_EINVAL;
+    char now_s[24], max_s[16], att[16];
+    es_uuid7(id);
+    int64_t now = es_now_ms();
+    const char *p[] = {id,
+                       req->tenant,
+                       k->name,
+                       ES_I64(att, attempts),
+                       ES_I64(max_s, req->max_attempts > 0 ? req->max_attempts : k->max_attempts),
+                       req->payload ? req->payload : "{}",
+                       req->trace_id,
+                       error_type,
+                       error_message,
+                       ES_I64(now_s, now)};
+    /* published = 1: there is no message to send until it is re-driven */
+    int rc = es_store_exec(c,
+                           "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
+                           " payload, trace_id, error_type, error_message, published, created_ms,"
+                           " updated_ms) VALUES ($1, $2, $3, 'dead', $4, $5, $6, $7, $8, $9, 1,"
+                           " $10, $10)",
+                           10, p, NULL);
+    if (!rc) rc = add_event(c, id, "dead", attempts, error_type, error_message, -1, now);
+    if (!rc) count_transition(k->name, "dead");
     return rc;
 }
 

@@ -172,6 +172,18 @@ int es_consumer_ack(es_consumer *c, const es_delivery *d)
     return c->ops->ack(c->ctx, d);
 }
 
+int es_consumer_ack_many(es_consumer *c, const es_delivery *ds, size_t n)
+{
+    if (!c || (!ds && n)) return ES_EINVAL;
+    if (c->ops->ack_many) return c->ops->ack_many(c->ctx, ds, n);
+    int rc = ES_OK;
+    for (size_t i = 0; i < n; i++) {
+        int r = c->ops->ack(c->ctx, &ds[i]);
+        if (r && !rc) rc = r;
+    }
+    return rc;
+}
+
 int es_consumer_retry(es_consumer *c, const es_delivery *d, int64_t delay_ms)
 {
     if (!c || !d || delay_ms < 0) return ES_EINVAL;

@@ -974,6 +974,35 @@ static int lq_ack(void *consumer, const es_delivery *d)
     return err;
 }
 
+/* One transaction for all: each ack alone would write its pages to the WAL. */
+static int lq_ack_many(void *consumer, const es_delivery *ds, size_t n)
+{
+    lq_consumer *c = consumer;
+    lq *q = c->q;
+    pthread_mutex_lock(&q->db_lock);
+    int err = step_done(q, ST_BEGIN, "beginning acks");
+    size_t done = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        bind_lease(c, q->st[ST_ACK], ds[i].tag);
+        err = step_done(q, ST_ACK, "acknowledging a message");
+        if (!err && sqlite3_changes64(q->db) == 0) {
+            es_warn(COMP, "local queue %s: ack of message %llu, which this consumer does not hold",
+                    q->dir, (unsigned long long)ds[i].tag);
+            err = ES_ENOTFOUND;
+        }
+        done += !err;
+    }
+    if (!err) err = step_done(q, ST_COMMIT, "committing acks");
+    if (err) {
+        rollback_if_open(q);
+        done = 0;
+    }
+    for (size_t i = 0; i < done; i++)
+        settled(c);
+    pthread_mutex_unlock(&q->db_lock);
+    return err;
+}
+
 static int lq_retry(void *consumer, const es_delivery *d, int64_t delay_ms)
 {
     lq_consumer *c = consumer;
@@ -1123,6 +1152,7 @@ const es_broker_ops es_broker_local = {
     .consumer_open = lq_consumer_open,
     .next = lq_next,
     .ack = lq_ack,
+    .ack_many = lq_ack_many,
     .retry = lq_retry,
     .dead = lq_dead,
     .consumer_close = lq_consumer_close,

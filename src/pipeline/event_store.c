@@ -1,0 +1,465 @@
+/* event_store.c - events out of the broker into user_interactions.
+ *
+ * Each flusher thread has its own consumer of queue "events" and a buffer of
+ * deliveries (each a group of rows, see events.c).  It flushes when the
+ * buffer holds ESTEIRA_EVENTS_BATCH_MAX events, when its oldest event is
+ * ESTEIRA_EVENTS_FLUSH_MS old, or when it is stopping.  A flush is one
+ * transaction: es_store_copy_merge (COPY on PostgreSQL; ids stored already
+ * are left out, so a redelivered message stores nothing twice) and the
+ * hour's row of event_flushes; the deliveries are acked after the commit.
+ *
+ * Failures are told apart by what they mean (see events.h): a store that is
+ * unreachable holds the flush (no attempt spent); any other failure hands
+ * the deliveries back with attempts + 1 after the kind's backoff, and a
+ * delivery coming back is flushed alone; after the last attempt its rows
+ * become dead jobs of kind "events" (one per tenant), which a re-drive
+ * stores through es_job_ctx_conn, exactly once like any job effect. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "esteira/err.h"
+#include "esteira/events.h"
+#include "esteira/job.h"
+#include "esteira/json.h"
+#include "esteira/log.h"
+#include "esteira/metrics.h"
+#include "esteira/store.h"
+#include "pipeline/events_priv.h"
+
+#define M_FLUSH_SIZE  "esteira_events_flush_size"
+#define M_FLUSH_AGE   "esteira_events_flush_age_seconds"
+#define M_FLUSH_TIME  "esteira_events_flush_duration_seconds"
+#define M_STORED      "esteira_events_stored_total"
+#define M_DUPLICATE   "esteira_events_duplicate_total"
+#define M_FLUSH_FAILS "esteira_events_flush_failures_total"
+#define M_DEAD        "esteira_events_dead_total"
+
+#define IDLE_WAIT_MS 200  /* an empty buffer looks at the stop flag this often */
+#define HOLD_MAX_MS  5000 /* longest pause between flush attempts while the store is away */
+#define BUFFER_BYTES (8u * 1024 * 1024) /* a flush also starts at this many buffered bytes */
+
+static void define_metrics(void)
+{
+    static const double sizes[] = {1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000};
+    static const double secs[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                  0.5,   1,     2.5,  5,     10,   30,  60};
+    es_metric_define(M_FLUSH_SIZE, ES_METRIC_HISTOGRAM, "Events per flush to the store", sizes,
+                     (int)ES_ARRAY_LEN(sizes));
+    es_metric_define(M_FLUSH_AGE, ES_METRIC_HISTOGRAM,
+                     "Age of a flush's oldest event when it was stored (flush lag)", secs,
+                     (int)ES_ARRAY_LEN(secs));
+    es_metric_define(M_FLUSH_TIME, ES_METRIC_HISTOGRAM, "Duration of a flush's transaction", secs,
+                     (int)ES_ARRAY_LEN(secs));
+    es_metric_define(M_STORED, ES_METRIC_COUNTER, "Events stored", NULL, 0);
+    es_metric_define(M_DUPLICATE, ES_METRIC_COUNTER,
+                     "Events delivered again whose id was stored already", NULL, 0);
+    es_metric_define(M_FLUSH_FAILS, ES_METRIC_COUNTER, "Flushes that failed, by reason", NULL, 0);
+    es_metric_define(M_DEAD, ES_METRIC_COUNTER, "Events dead-lettered after their last attempt",
+                     NULL, 0);
+}
+
+/* ------------------------------------------------------------------ one flush */
+
+/* The hour's row of event_flushes: counts, sums and maxima. */
+static int add_flush_stats(es_store_conn *c, size_t events, int64_t inserted, int64_t age_ms,
+                           int64_t took_ms)
+{
+    int64_t now = es_now_ms();
+    char hour[24], ev[24], ins[24], age[24], took[24], last[24];
+    const char *p[] = {ES_I64(hour, now / 3600000 * 3600000),
+                       ES_I64(ev, events),
+                       ES_I64(ins, inserted),
+                       ES_I64(age, age_ms),
+                       ES_I64(took, took_ms),
+                       ES_I64(last, now)};
+    return es_store_exec(
+        c,
+        "INSERT INTO event_flushes (hour_ms, flushes, events, inserted, age_sum_ms, age_max_ms,"
+        " duration_sum_ms, duration_max_ms, last_ms) VALUES ($1, 1, $2, $3, $4, $4, $5, $5, $6)"
+        " ON CONFLICT (hour_ms) DO UPDATE SET flushes = event_flushes.flushes + 1,"
+        " events = event_flushes.events + excluded.events,"
+        " inserted = event_flushes.inserted + excluded.inserted,"
+        " age_sum_ms = event_flushes.age_sum_ms + excluded.age_sum_ms,"
+        " age_max_ms = CASE WHEN excluded.age_max_ms > event_flushes.age_max_ms"
+        " THEN excluded.age_max_ms ELSE event_flushes.age_max_ms END,"
+        " duration_sum_ms = event_flushes.duration_sum_ms + excluded.duration_sum_ms,"
+        " duration_max_ms = CASE WHEN excluded.duration_max_ms > event_flushes.duration_max_ms"
+        " THEN excluded.duration_max_ms ELSE event_flushes.duration_max_ms END,"
+        " last_ms = excluded.last_ms",
+        6, p, NULL);
+}
+
+/* Stores rows in one transaction.  ES_OK or the store's error (rolled back). */
+static int store_rows(es_events *ev, const char *rows, size_t len, size_t events, int64_t oldest_ms,
+                      int64_t *inserted)
+{
+    int64_t t0 = es_mono_us();
+    es_store_conn *c = NULL;
+    int rc = es_store_acquire(ev->app->store, &c);
+    if (rc) return rc;
+    if ((rc = es_store_begin(c))) goto release;
+    rc =
+        es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS, rows, len, inserted);
+    int64_t took_ms = (es_mono_us() - t0) / 1000;
+    int64_t age_ms = oldest_ms ? es_now_ms() - oldest_ms : 0;
+    if (!rc) rc = add_flush_stats(c, events, *inserted, age_ms, took_ms);
+    rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
+release:
+    es_store_release(c);
+    return rc;
+}
+
+/* Failures that say nothing about the events: the store is away or busy. */
+static bool transient(int rc)
+{
+    return rc == ES_EBACKEND || rc == ES_EAGAIN || rc == ES_ETIMEDOUT || rc == ES_EIO;
+}
+
+typedef struct fbatch {
+    es_delivery *d;
+    size_t n, cap;
+    es_buf rows;
+    size_t events;
+    int64_t oldest_ms; /* wall clock: when the oldest buffered event was accepted */
+} fbatch;
+
+static void batch_reset(fbatch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        es_delivery_finish(&b->d[i]);
+    b->n = 0;
+    b->events = 0;
+    b->oldest_ms = 0;
+    es_buf_reset(&b->rows);
+}
+
+static int64_t delivery_received_ms(const es_delivery *d)
+{
+    int64_t v;
+    const char *s = es_delivery_header(d, "receivedMs");
+    if (s && es_parse_i64(s, 0, INT64_MAX, &v) == ES_OK) return v;
+    return d->published_ms;
+}
+
+static size_t delivery_events(const es_delivery *d)
+{
+    int64_t v;
+    const char *s = es_delivery_header(d, "count");
+    if (s && es_parse_i64(s, 0, INT64_MAX, &v) == ES_OK) return (size_t)v;
+    size_t n = 0; /* no header: count the rows */
+    for (size_t i = 0; i < d->len; i++)
+        n += d->body[i] == '\n';
+    return n;
+}
+
+/* Takes d over (its fields move into the batch). */
+static int batch_add(fbatch *b, es_delivery *d)
+{
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64;
+        es_delivery *nd = realloc(b->d, cap * sizeof *nd);
+        if (!nd) return ES_ENOMEM;
+        b->d = nd;
+        b->cap = cap;
+    }
+    int rc = es_buf_append(&b->rows, d->body, d->len);
+    if (rc) return rc;
+    int64_t at = delivery_received_ms(d);
+    if (!b->oldest_ms || at < b->oldest_ms) b->oldest_ms = at;
+    b->events += delivery_events(d);
+    b->d[b->n++] = *d;
+    memset(d, 0, sizeof *d);
+    return ES_OK;
+}
+
+/* The rows of one delivery, split by tenant (the first column), each
+ * recorded as a dead job of kind "events" in one transaction. */
+static int bury(es_events *ev, const es_delivery *d, int attempts, const char *why)
+{
+    typedef struct part {
+        char tenant[ES_TENANT_MAX + 1];
+        es_buf rows;
+        size_t n;
+    } part;
+    part parts[16];
+    size_t nparts = 0;
+    int rc = ES_OK;
+    for (const char *p = d->body, *end = d->body + d->len; p < end && !rc;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl + 1 : end;
+        const char *tab = memchr(p, '\t', (size_t)(eol - p));
+        size_t tl = tab ? (size_t)(tab - p) : 0;
+        char tenant[ES_TENANT_MAX + 1];
+        if (!tab || tl > ES_TENANT_MAX) {
+            p = eol;
+            continue;
+        }
+        memcpy(tenant, p, tl);
+        tenant[es_copy_unescape(tenant, tl)] = '\0';
+        size_t i = 0;
+        while (i < nparts && strcmp(parts[i].tenant, tenant) != 0)
+            i++;
+        if (i == nparts) {
+            if (nparts == ES_ARRAY_LEN(parts)) {
+                rc = ES_ELIMIT; /* more tenants than one message ever holds in practice */
+                break;
+            }
+            es_strlcpy(parts[i].tenant, tenant, sizeof parts[i].tenant);
+            es_buf_init(&parts[i].rows, 0);
+            parts[i].n = 0;
+            nparts++;
+        }
+        rc = es_buf_append(&parts[i].rows, p, (size_t)(eol - p));
+        parts[i].n++;
+        p = eol;
+    }
+    es_store_conn *c = NULL;
+    if (!rc) rc = es_store_acquire(ev->app->store, &c);
+    if (!rc && !(rc = es_store_begin(c))) {
+        for (size_t i = 0; i < nparts && !rc; i++) {
+            json_t *payload =
+                json_pack("{s:s, s:I, s:s%}", "format", "copy", "count", (json_int_t)parts[i].n,
+                          "rows", parts[i].rows.data, parts[i].rows.len);
+            char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+            json_decref(payload);
+            if (!text) {
+                rc = ES_ENOMEM;
+                break;
+            }
+            char id[ES_UUID_LEN + 1];
+            es_job_req req = {.kind = ES_EVENTS_KIND, .tenant = parts[i].tenant, .payload = text};
+            rc = es_job_insert_dead_tx(ev->app->engine, c, &req, attempts, "store", why, id);
+            free(text);
+            if (!rc)
+                es_warn(EV_COMP, "%zu events of tenant %s are dead after %d attempts (job %s): %s",
+                        parts[i].n, parts[i].tenant, attempts, id, why);
+        }
+        rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
+    }
+    es_store_release(c);
+    for (size_t i = 0; i < nparts; i++)
+        es_buf_finish(&parts[i].rows);
+    return rc;
+}
+
+/* A flush failed for a reason of its own: each delivery goes back for a
+ * later attempt, or after its last one into the dead-letter list. */
+static void settle_failed(es_events *ev, es_consumer *cons, es_delivery *d, int err)
+{
+    int max = 0;
+    int64_t base = 0, cap = 0;
+    es_engine_kind_policy(ev->app->engine, ES_EVENTS_KIND, &max, &base, &cap);
+    int attempt = d->attempts + 1;
+    char why[160];
+    snprintf(why, sizeof why, "storing the events failed: %s (see the log of the flush)",
+             es_strerror(err));
+    if (attempt < max) {
+        double r = (double)es_random_below(1u << 30) / (double)(1u << 30);
+        int64_t delay = es_backoff_ms(base, cap, attempt, r);
+        es_warn(EV_COMP, "%zu events go back for attempt %d of %d in %lld ms: %s",
+                delivery_events(d), attempt + 1, max, (long long)delay, es_strerror(err));
+        if (es_consumer_retry(cons, d, delay) != ES_OK)
+            es_warn(EV_COMP, "could not hand the events back; the broker will deliver them again");
+        return;
+    }
+    int rc = bury(ev, d, attempt, why);
+    if (rc == ES_OK) {
+        es_metric_add(M_DEAD, "", (double)delivery_events(d));
+        es_consumer_ack(cons, d);
+        return;
+    }
+    /* the dead-letter list is out of reach too: the broker's own keeps them */
+    es_error(EV_COMP, "could not record %zu dead events in the store (%s): moved to %s.dead",
+             delivery_events(d), es_strerror(rc), ES_EVENTS_QUEUE);
+    es_consumer_dead(cons, d, why);
+}
+
+/* Flushes b and settles its deliveries.  false = the flusher is stopping
+ * while the store is away: the deliveries were left unacknowledged (the
+ * broker delivers them again). */
+static bool flush(es_events *ev, es_consumer *cons, fbatch *b)
+{
+    if (b->n == 0) return true;
+    int64_t hold = 100;
+    for (int tries = 1;; tries++) {
+        int64_t inserted = 0, t0 = es_mono_us();
+        int rc = store_rows(ev, b->rows.data, b->rows.len, b->events, b->oldest_ms, &inserted);
+        if (rc == ES_OK) {
+            double took = (double)(es_mono_us() - t0) / 1e6;
+            double age = b->oldest_ms ? (double)(es_now_ms() - b->oldest_ms) / 1e3 : 0;
+            if (es_consumer_ack_many(cons, b->d, b->n) != ES_OK)
+                es_warn(EV_COMP, "ack failed after the commit: the events come again and are"
+                                 " counted as duplicates");
+            es_metric_observe(M_FLUSH_SIZE, "", (double)b->events);
+            es_metric_observe(M_FLUSH_AGE, "", age);
+            es_metric_observe(M_FLUSH_TIME, "", took);
+            es_metric_add(M_STORED, "", (double)inserted);
+            if ((int64_t)b->events > inserted)
+                es_metric_add(M_DUPLICATE, "", (double)((int64_t)b->events - inserted));
+            json_t *f = json_pack("{s:I, s:I, s:I, s:f, s:f}", "events", (json_int_t)b->events,
+                                  "inserted", (json_int_t)inserted, "messages", (json_int_t)b->n,
+                                  "oldestAgeMs", age * 1e3, "durationMs", took * 1e3);
+            ES_LOGF(ES_LOG_INFO, EV_COMP, f, "flush");
+            batch_reset(b);
+            return true;
+        }
+        if (!transient(rc)) {
+            es_metric_add(M_FLUSH_FAILS, "reason=\"data\"", 1);
+            es_warn(EV_COMP, "a flush of %zu events failed: %s", b->events, es_strerror(rc));
+            for (size_t i = 0; i < b->n; i++)
+                settle_failed(ev, cons, &b->d[i], rc);
+            batch_reset(b);
+            return true;
+        }
+        es_metric_add(M_FLUSH_FAILS, "reason=\"store_unavailable\"", 1);
+        if (tries == 1 || tries % 20 == 0)
+            es_warn(EV_COMP, "the store is unavailable (%s): holding %zu events and trying again",
+                    es_strerror(rc), b->events);
+        if (atomic_load(&ev->flush_stop)) {
+            es_warn(EV_COMP, "stopping with %zu events unstored: the broker delivers them again",
+                    b->events);
+            batch_reset(b); /* unacknowledged: closing the consumer hands them back */
+            return false;
+        }
+        es_sleep_ms(hold);
+        hold = hold * 2 > HOLD_MAX_MS ? HOLD_MAX_MS : hold * 2;
+    }
+}
+
+/* ------------------------------------------------------------------ the flushers */
+
+static void *flusher_main(void *arg)
+{
+    es_events *ev = arg;
+    const int64_t flush_ms = ev->cfg->events_flush_ms;
+    const size_t batch_max = (size_t)ev->cfg->events_batch_max;
+    /* a delivery holds one event or many: enough of them to fill a batch */
+    int prefetch = batch_max < 10000 ? (int)batch_max : 10000;
+    if (prefetch < (int)ev->cfg->prefetch) prefetch = (int)ev->cfg->prefetch;
+    es_consumer *cons = NULL;
+    fbatch b = {0};
+    es_buf_init(&b.rows, 0);
+    int64_t backoff = 100;
+    while (!atomic_load(&ev->flush_stop)) {
+        if (!cons) {
+            if (es_consumer_open(ev->app->broker, ES_EVENTS_QUEUE, prefetch, &cons) != ES_OK) {
+                es_sleep_ms(backoff);
+                backoff = backoff < 5000 ? backoff * 2 : 5000;
+                continue;
+            }
+            backoff = 100;
+        }
+        int64_t wait = IDLE_WAIT_MS;
+        if (b.n) {
+            wait = b.oldest_ms + flush_ms - es_now_ms();
+            if (wait < 0) wait = 0;
+            if (wait > IDLE_WAIT_MS) wait = IDLE_WAIT_MS;
+        }
+        es_delivery d;
+        int rc = es_consumer_next(cons, (int)wait, &d);
+        if (rc == ES_OK) {
+            if (d.attempts > 0) {
+                /* back from a failed flush: alone, so it cannot fail others */
+                flush(ev, cons, &b);
+                fbatch one = {0};
+                es_buf_init(&one.rows, 0);
+                if (batch_add(&one, &d) == ES_OK) flush(ev, cons, &one);
+                es_delivery_finish(&d);
+                batch_reset(&one);
+                free(one.d);
+                es_buf_finish(&one.rows);
+                continue;
+            }
+            if (batch_add(&b, &d) != ES_OK) {
+                es_delivery_finish(&d); /* unacknowledged: delivered again */
+                flush(ev, cons, &b);
+                continue;
+            }
+        } else if (rc != ES_ETIMEDOUT) {
+            es_warn(EV_COMP, "consumer of %s failed: %s; reopening", ES_EVENTS_QUEUE,
+                    es_strerror(rc));
+            batch_reset(&b); /* the broker delivers them again to the new consumer */
+            es_consumer_close(cons);
+            cons = NULL;
+            continue;
+        }
+        /* By age only once nothing more is ready: events that waited in a
+         * backlog are all "old", and flushing each delivery alone would make
+         * the backlog grow. */
+        if (b.n && (b.events >= batch_max || b.rows.len >= BUFFER_BYTES ||
+                    (rc == ES_ETIMEDOUT && es_now_ms() >= b.oldest_ms + flush_ms)))
+            flush(ev, cons, &b);
+    }
+    if (cons) flush(ev, cons, &b); /* stopping: store what is held, once */
+    batch_reset(&b);
+    free(b.d);
+    es_buf_finish(&b.rows);
+    es_consumer_close(cons);
+    return NULL;
+}
+
+int ev_store_start(es_events *ev)
+{
+    int n = (int)ev->cfg->events_flushers;
+    if (n == 0) return ES_OK;
+    ev->flushers = calloc((size_t)n, sizeof *ev->flushers);
+    if (!ev->flushers) return ES_ENOMEM;
+    atomic_store(&ev->flush_stop, false);
+    for (; ev->nflushers < n; ev->nflushers++)
+        if (pthread_create(&ev->flushers[ev->nflushers], NULL, flusher_main, ev) != 0) {
+            es_error(EV_COMP, "cannot start a flusher thread");
+            return ES_ENOMEM;
+        }
+    es_info(EV_COMP, "%d flusher(s): a flush at %lld events or %lld ms", n,
+            (long long)ev->cfg->events_batch_max, (long long)ev->cfg->events_flush_ms);
+    return ES_OK;
+}
+
+void ev_store_stop(es_events *ev)
+{
+    atomic_store(&ev->flush_stop, true);
+    for (int i = 0; i < ev->nflushers; i++)
+        pthread_join(ev->flushers[i], NULL);
+    ev->nflushers = 0;
+}
+
+/* ------------------------------------------------------------------ dead letters, re-driven */
+
+/* A re-driven dead job: its rows, stored with the job's `done`. */
+static int run_dead_events(es_job_ctx *ctx, void *arg)
+{
+    (void)arg;
+    const es_job *j = es_job_ctx_job(ctx);
+    json_t *p = json_loads(j->payload, 0, NULL);
+    const json_t *rows = p ? json_object_get(p, "rows") : NULL;
+    if (!json_is_string(rows)) {
+        json_decref(p);
+        es_job_fail(ctx, true, "payload", "the job has no rows to store");
+        return ES_EINVAL;
+    }
+    es_store_conn *c = NULL;
+    int64_t inserted = 0;
+    int rc = es_job_ctx_conn(ctx, &c);
+    if (!rc)
+        rc = es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS,
+                                 json_string_value(rows), json_string_length(rows), &inserted);
+    if (!rc) {
+        char res[64];
+        snprintf(res, sizeof res, "{\"inserted\":%lld}", (long long)inserted);
+        es_job_set_result(ctx, res);
+        es_metric_add(M_STORED, "", (double)inserted);
+    } else {
+        es_job_fail(ctx, false, "store", "storing the events failed: %s", es_strerror(rc));
+    }
+    json_decref(p);
+    return rc;
+}
+
+int ev_store_register(es_events *ev)
+{
+    define_metrics();
+    es_job_kind k = {.name = ES_EVENTS_KIND, .run = run_dead_events, .concurrency = 1};
+    return es_engine_register(ev->app->engine, &k);
+}
