@@ -17,11 +17,11 @@
  *
  * A flush that fails because the store is unreachable is held and tried
  * again (backing off) until the store answers: nothing is lost and no
- * attempt is spent on an outage.  A flush that fails otherwise sends each of
- * its deliveries back with attempts + 1 and a backoff delay (a retried
- * delivery is then stored on its own, so one bad message cannot hold others
- * back); after the last attempt its events become a dead job of kind
- * "events" (GET /v1/dlq), whose re-drive stores them. */
+ * attempt is spent on an outage.  A flush that fails otherwise is done again
+ * row by row: the good events are stored, and only the failing ones go back
+ * to the broker with attempts + 1 and a backoff delay; after the last
+ * attempt they become a dead job of kind "events" (GET /v1/dlq), whose
+ * re-drive stores them. */
 #ifndef ESTEIRA_EVENTS_H
 #define ESTEIRA_EVENTS_H
 

@@ -9,11 +9,13 @@
  * hour's row of event_flushes; the deliveries are acked after the commit.
  *
  * Failures are told apart by what they mean (see events.h): a store that is
- * unreachable holds the flush (no attempt spent); any other failure hands
- * the deliveries back with attempts + 1 after the kind's backoff, and a
- * delivery coming back is flushed alone; after the last attempt its rows
- * become dead jobs of kind "events" (one per tenant), which a re-drive
- * stores through es_job_ctx_conn, exactly once like any job effect. */
+ * unreachable holds the flush (no attempt spent).  Any other failure is
+ * about some rows: the flush is done again row by row (a savepoint each, one
+ * transaction), the good rows go in, and the failed ones go back to the
+ * broker as a new message with attempts + 1 after the kind's backoff; after
+ * the last attempt they become dead jobs of kind "events" (one per tenant),
+ * which a re-drive stores through es_job_ctx_conn, exactly once like any job
+ * effect.  Only then are the deliveries acked. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,9 +176,9 @@ static int batch_add(fbatch *b, es_delivery *d)
     return ES_OK;
 }
 
-/* The rows of one delivery, split by tenant (the first column), each
- * recorded as a dead job of kind "events" in one transaction. */
-static int bury(es_events *ev, const es_delivery *d, int attempts, const char *why)
+/* Rows that failed their last attempt, split by tenant (the first column),
+ * each part recorded as a dead job of kind "events", in one transaction. */
+static int bury(es_events *ev, const char *rows, size_t len, int attempts, const char *why)
 {
     typedef struct part {
         char tenant[ES_TENANT_MAX + 1];
@@ -186,7 +188,7 @@ static int bury(es_events *ev, const es_delivery *d, int attempts, const char *w
     part parts[16];
     size_t nparts = 0;
     int rc = ES_OK;
-    for (const char *p = d->body, *end = d->body + d->len; p < end && !rc;) {
+    for (const char *p = rows, *end = rows + len; p < end && !rc;) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *eol = nl ? nl + 1 : end;
         const char *tab = memchr(p, '\t', (size_t)(eol - p));
@@ -203,7 +205,7 @@ static int bury(es_events *ev, const es_delivery *d, int attempts, const char *w
             i++;
         if (i == nparts) {
             if (nparts == ES_ARRAY_LEN(parts)) {
-                rc = ES_ELIMIT; /* more tenants than one message ever holds in practice */
+                rc = ES_ELIMIT; /* the caller keeps the rows in the broker instead */
                 break;
             }
             es_strlcpy(parts[i].tenant, tenant, sizeof parts[i].tenant);
@@ -232,9 +234,11 @@ static int bury(es_events *ev, const es_delivery *d, int attempts, const char *w
             es_job_req req = {.kind = ES_EVENTS_KIND, .tenant = parts[i].tenant, .payload = text};
             rc = es_job_insert_dead_tx(ev->app->engine, c, &req, attempts, "store", why, id);
             free(text);
-            if (!rc)
+            if (!rc) {
                 es_warn(EV_COMP, "%zu events of tenant %s are dead after %d attempts (job %s): %s",
                         parts[i].n, parts[i].tenant, attempts, id, why);
+                es_metric_add(M_DEAD, "", (double)parts[i].n);
+            }
         }
         rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
     }
@@ -244,36 +248,112 @@ static int bury(es_events *ev, const es_delivery *d, int attempts, const char *w
     return rc;
 }
 
-/* A flush failed for a reason of its own: each delivery goes back for a
- * later attempt, or after its last one into the dead-letter list. */
-static void settle_failed(es_events *ev, es_consumer *cons, es_delivery *d, int err)
+/* The rows that failed in a salvage, by the attempt they failed. */
+typedef struct failed_rows {
+    int attempt; /* 1-based: the attempt that just failed */
+    es_buf rows;
+    size_t n;
+} failed_rows;
+
+/* Rows of one attempt that failed: back to the broker for the next attempt
+ * after the kind's backoff, or after the last one into the dead-letter list. */
+static int send_back(es_events *ev, failed_rows *f, int err)
 {
     int max = 0;
     int64_t base = 0, cap = 0;
     es_engine_kind_policy(ev->app->engine, ES_EVENTS_KIND, &max, &base, &cap);
-    int attempt = d->attempts + 1;
     char why[160];
-    snprintf(why, sizeof why, "storing the events failed: %s (see the log of the flush)",
+    snprintf(why, sizeof why, "storing the events failed: %s (the flush's log line has the cause)",
              es_strerror(err));
-    if (attempt < max) {
-        double r = (double)es_random_below(1u << 30) / (double)(1u << 30);
-        int64_t delay = es_backoff_ms(base, cap, attempt, r);
-        es_warn(EV_COMP, "%zu events go back for attempt %d of %d in %lld ms: %s",
-                delivery_events(d), attempt + 1, max, (long long)delay, es_strerror(err));
-        if (es_consumer_retry(cons, d, delay) != ES_OK)
-            es_warn(EV_COMP, "could not hand the events back; the broker will deliver them again");
-        return;
+    if (f->attempt >= max) return bury(ev, f->rows.data, f->rows.len, f->attempt, why);
+    double r = (double)es_random_below(1u << 30) / (double)(1u << 30);
+    int64_t delay = es_backoff_ms(base, cap, f->attempt, r);
+    char count[24], at[24];
+    es_kv h[2] = {{"count", ES_I64(count, f->n)}, {"receivedMs", ES_I64(at, es_now_ms())}};
+    es_msg m = {.queue = ES_EVENTS_QUEUE,
+                .body = f->rows.data,
+                .len = f->rows.len,
+                .headers = h,
+                .nheaders = 2,
+                .attempts = f->attempt,
+                .delay_ms = delay};
+    es_warn(EV_COMP, "%zu events go back for attempt %d of %d in %lld ms: %s", f->n, f->attempt + 1,
+            max, (long long)delay, es_strerror(err));
+    return es_broker_publish(ev->app->broker, &m, 1);
+}
+
+/* A flush failed because of some of its rows.  Each row is stored on its own
+ * (a savepoint each, one transaction for all), so the good ones go in now and
+ * only the bad ones are sent back.  ES_OK = every delivery may be acked. */
+static int salvage(es_events *ev, fbatch *b, int err, int64_t *inserted)
+{
+    failed_rows f[4] = {0}; /* by attempt; a batch rarely mixes more */
+    size_t nf = 0;
+    es_store_conn *c = NULL;
+    int rc = es_store_acquire(ev->app->store, &c);
+    if (rc) return rc;
+    if ((rc = es_store_begin(c))) goto release;
+    for (size_t i = 0; i < b->n && !rc; i++) {
+        const es_delivery *d = &b->d[i];
+        for (const char *p = d->body, *end = d->body + d->len; p < end && !rc;) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            const char *eol = nl ? nl + 1 : end;
+            int64_t one = 0;
+            rc = es_store_exec(c, "SAVEPOINT ev_row", 0, NULL, NULL);
+            int row_rc = rc ? rc
+                            : es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS,
+                                                  p, (size_t)(eol - p), &one);
+            if (rc || transient(row_rc)) {
+                rc = rc ? rc : row_rc;
+                break;
+            }
+            if (row_rc == ES_OK) {
+                *inserted += one;
+                rc = es_store_exec(c, "RELEASE SAVEPOINT ev_row", 0, NULL, NULL);
+            } else {
+                rc = es_store_exec(c, "ROLLBACK TO SAVEPOINT ev_row", 0, NULL, NULL);
+                if (!rc) rc = es_store_exec(c, "RELEASE SAVEPOINT ev_row", 0, NULL, NULL);
+                size_t k = 0;
+                while (k < nf && f[k].attempt != d->attempts + 1)
+                    k++;
+                if (k == nf && nf == ES_ARRAY_LEN(f)) k = nf - 1; /* folded into the last one */
+                if (k == nf) {
+                    f[nf].attempt = d->attempts + 1;
+                    es_buf_init(&f[nf++].rows, 0);
+                }
+                if (!rc) rc = es_buf_append(&f[k].rows, p, (size_t)(eol - p));
+                f[k].n++;
+            }
+            p = eol;
+        }
     }
-    int rc = bury(ev, d, attempt, why);
-    if (rc == ES_OK) {
-        es_metric_add(M_DEAD, "", (double)delivery_events(d));
-        es_consumer_ack(cons, d);
-        return;
-    }
-    /* the dead-letter list is out of reach too: the broker's own keeps them */
-    es_error(EV_COMP, "could not record %zu dead events in the store (%s): moved to %s.dead",
-             delivery_events(d), es_strerror(rc), ES_EVENTS_QUEUE);
-    es_consumer_dead(cons, d, why);
+    int64_t age = b->oldest_ms ? es_now_ms() - b->oldest_ms : 0;
+    if (!rc) rc = add_flush_stats(c, b->events, *inserted, age, 0);
+    rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
+    /* stored; now the failed rows go back (a crash in between: the deliveries
+     * come again, the stored rows count as duplicates, the bad ones fail again) */
+    for (size_t k = 0; k < nf && !rc; k++)
+        rc = send_back(ev, &f[k], err);
+release:
+    es_store_release(c);
+    for (size_t k = 0; k < nf; k++)
+        es_buf_finish(&f[k].rows);
+    return rc;
+}
+
+static void flushed(const fbatch *b, int64_t inserted, int64_t t0_us, bool salvaged)
+{
+    double took = (double)(es_mono_us() - t0_us) / 1e6;
+    double age = b->oldest_ms ? (double)(es_now_ms() - b->oldest_ms) / 1e3 : 0;
+    es_metric_observe(M_FLUSH_SIZE, "", (double)b->events);
+    es_metric_observe(M_FLUSH_AGE, "", age);
+    es_metric_observe(M_FLUSH_TIME, "", took);
+    es_metric_add(M_STORED, "", (double)inserted);
+    json_t *f = json_pack("{s:I, s:I, s:I, s:f, s:f}", "events", (json_int_t)b->events, "inserted",
+                          (json_int_t)inserted, "messages", (json_int_t)b->n, "oldestAgeMs",
+                          age * 1e3, "durationMs", took * 1e3);
+    if (salvaged) json_object_set_new(f, "salvaged", json_true());
+    ES_LOGF(salvaged ? ES_LOG_WARN : ES_LOG_INFO, EV_COMP, f, "flush");
 }
 
 /* Flushes b and settles its deliveries.  false = the flusher is stopping
@@ -285,31 +365,34 @@ static bool flush(es_events *ev, es_consumer *cons, fbatch *b)
     int64_t hold = 100;
     for (int tries = 1;; tries++) {
         int64_t inserted = 0, t0 = es_mono_us();
+        bool salvaged = false;
         int rc = store_rows(ev, b->rows.data, b->rows.len, b->events, b->oldest_ms, &inserted);
+        if (rc && !transient(rc)) {
+            es_metric_add(M_FLUSH_FAILS, "reason=\"data\"", 1);
+            es_warn(EV_COMP, "a flush of %zu events failed (%s): storing them one by one",
+                    b->events, es_strerror(rc));
+            inserted = 0;
+            rc = salvage(ev, b, rc, &inserted);
+            salvaged = true;
+            if (rc && !transient(rc)) {
+                /* neither stored nor sent back nor buried: the broker's own
+                 * dead-letter queue keeps them */
+                es_error(EV_COMP,
+                         "could not settle a failed flush (%s): %zu messages moved to %s.dead",
+                         es_strerror(rc), b->n, ES_EVENTS_QUEUE);
+                for (size_t i = 0; i < b->n; i++)
+                    es_consumer_dead(cons, &b->d[i], "the events could not be stored or sent back");
+                batch_reset(b);
+                return true;
+            }
+        }
         if (rc == ES_OK) {
-            double took = (double)(es_mono_us() - t0) / 1e6;
-            double age = b->oldest_ms ? (double)(es_now_ms() - b->oldest_ms) / 1e3 : 0;
             if (es_consumer_ack_many(cons, b->d, b->n) != ES_OK)
                 es_warn(EV_COMP, "ack failed after the commit: the events come again and are"
                                  " counted as duplicates");
-            es_metric_observe(M_FLUSH_SIZE, "", (double)b->events);
-            es_metric_observe(M_FLUSH_AGE, "", age);
-            es_metric_observe(M_FLUSH_TIME, "", took);
-            es_metric_add(M_STORED, "", (double)inserted);
-            if ((int64_t)b->events > inserted)
+            if ((int64_t)b->events > inserted && !salvaged)
                 es_metric_add(M_DUPLICATE, "", (double)((int64_t)b->events - inserted));
-            json_t *f = json_pack("{s:I, s:I, s:I, s:f, s:f}", "events", (json_int_t)b->events,
-                                  "inserted", (json_int_t)inserted, "messages", (json_int_t)b->n,
-                                  "oldestAgeMs", age * 1e3, "durationMs", took * 1e3);
-            ES_LOGF(ES_LOG_INFO, EV_COMP, f, "flush");
-            batch_reset(b);
-            return true;
-        }
-        if (!transient(rc)) {
-            es_metric_add(M_FLUSH_FAILS, "reason=\"data\"", 1);
-            es_warn(EV_COMP, "a flush of %zu events failed: %s", b->events, es_strerror(rc));
-            for (size_t i = 0; i < b->n; i++)
-                settle_failed(ev, cons, &b->d[i], rc);
+            flushed(b, inserted, t0, salvaged);
             batch_reset(b);
             return true;
         }
@@ -360,18 +443,6 @@ static void *flusher_main(void *arg)
         es_delivery d;
         int rc = es_consumer_next(cons, (int)wait, &d);
         if (rc == ES_OK) {
-            if (d.attempts > 0) {
-                /* back from a failed flush: alone, so it cannot fail others */
-                flush(ev, cons, &b);
-                fbatch one = {0};
-                es_buf_init(&one.rows, 0);
-                if (batch_add(&one, &d) == ES_OK) flush(ev, cons, &one);
-                es_delivery_finish(&d);
-                batch_reset(&one);
-                free(one.d);
-                es_buf_finish(&one.rows);
-                continue;
-            }
             if (batch_add(&b, &d) != ES_OK) {
                 es_delivery_finish(&d); /* unacknowledged: delivered again */
                 flush(ev, cons, &b);
