@@ -28,6 +28,9 @@ static void usage(FILE *out)
             "Client (talks to ESTEIRA_URL with ESTEIRA_TOKEN):\n"
             "  upload FILE --dataset NAME [--wait] [--idempotency-key K] [--quiet]\n"
             "                     a CSV file into a dataset; --wait follows it to the end\n"
+            "  events send --user U --type T --session S [--data JSON] [--id UUID] [--at TIME]\n"
+            "  events send --file FILE|- [--chunk N] [--retries N] [--quiet]\n"
+            "                     one event, or a file of NDJSON events (- = stdin) in batches\n"
             "  status ID          a job's status and history\n"
             "  jobs list [QUERY] | jobs create KIND [PAYLOAD] | jobs retry ID | jobs cancel ID\n"
             "  dlq list | dlq retry ID | dlq delete ID | dlq purge\n"
@@ -107,6 +110,8 @@ int main(int argc, char **argv)
         rc = cli_presign(&cfg, nargs, args);
     else if (!strcmp(cmd, "upload"))
         rc = cli_upload(&cfg, nargs, args);
+    else if (!strcmp(cmd, "events"))
+        rc = cli_events(&cfg, nargs, args);
     else if (!strcmp(cmd, "status"))
         rc = cli_status(&cfg, nargs, args);
     else if (!strcmp(cmd, "jobs"))

@@ -17,6 +17,9 @@ int cli_jobs(es_config *cfg, int argc, char **argv);
 int cli_dlq(es_config *cfg, int argc, char **argv);
 /* upload FILE --dataset NAME [--wait] [--idempotency-key K] [--quiet] (upload.c) */
 int cli_upload(es_config *cfg, int argc, char **argv);
+/* events send --user U --type T --session S [--data JSON] [--id UUID] [--at TIME]
+ *           | --file FILE|- [--chunk N] [--retries N] [--quiet]   (events.c) */
+int cli_events(es_config *cfg, int argc, char **argv);
 
 /* One HTTP exchange with the server.  *out = parsed JSON body (or NULL). */
 int cli_http(const es_config *cfg, const char *method, const char *path, const char *body,
