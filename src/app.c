@@ -87,8 +87,8 @@ bool es_app_open_mode(es_app *app)
     int64_t now = es_mono_ms();
     if (now - atomic_load(&open_checked_ms) >= 1000) {
         int64_t n = 1;
-        if (es_keys_count(app->store, &n) != ES_OK) n = 1; /* unsure: closed */
-        atomic_store(&open_cached, n == 0);
+        /* the store away: the last answer stands (at start, unknown = closed) */
+        if (es_keys_count(app->store, &n) == ES_OK) atomic_store(&open_cached, n == 0);
         atomic_store(&open_checked_ms, now);
     }
     return atomic_load(&open_cached);

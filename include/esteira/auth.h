@@ -39,7 +39,8 @@ int es_keys_count(es_store *s, int64_t *n); /* active keys */
 
 /* Checks an Authorization header ("Bearer es_…") or NULL.
  * open_mode = anonymous access allowed (see above).
- * ES_OK, ES_EAUTH (missing/bad/revoked token). */
+ * ES_OK, ES_EAUTH (missing/bad/revoked token), or the store's error when it
+ * cannot be asked and the key was not seen valid in the last 10 minutes. */
 int es_auth_check(es_store *s, const char *authorization, bool open_mode, es_principal *out);
 
 #endif

@@ -1,6 +1,7 @@
 /* auth.c - API keys: "es_<id>_<secret>", stored as SHA-256(secret). */
 #include "esteira/auth.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,68 @@ int es_keys_count(es_store *s, int64_t *n)
     return ES_OK;
 }
 
+/* Keys last seen valid, for when the store cannot be asked: ingestion must
+ * go on through a store outage (events wait in the broker).  While the store
+ * answers, every check asks it, so a revocation takes effect at once. */
+#define SEEN_SLOTS  256
+#define SEEN_MAX_MS (10 * 60 * 1000) /* how stale a key may be while the store is away */
+
+typedef struct seen_key {
+    char id[17];
+    char hash[65];
+    char tenant[65];
+    unsigned scopes;
+    int64_t at_ms;
+} seen_key;
+
+static seen_key seen[SEEN_SLOTS];
+static pthread_mutex_t seen_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static seen_key *seen_slot(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &seen[h % SEEN_SLOTS];
+}
+
+static void seen_put(const char *id, const char *hash, const char *tenant, unsigned scopes)
+{
+    pthread_mutex_lock(&seen_mu);
+    seen_key *k = seen_slot(id);
+    es_strlcpy(k->id, id, sizeof k->id);
+    es_strlcpy(k->hash, hash, sizeof k->hash);
+    es_strlcpy(k->tenant, tenant, sizeof k->tenant);
+    k->scopes = scopes;
+    k->at_ms = es_mono_ms();
+    pthread_mutex_unlock(&seen_mu);
+}
+
+static void seen_drop(const char *id)
+{
+    pthread_mutex_lock(&seen_mu);
+    seen_key *k = seen_slot(id);
+    if (strcmp(k->id, id) == 0) memset(k, 0, sizeof *k);
+    pthread_mutex_unlock(&seen_mu);
+}
+
+/* ES_OK when the key was seen valid recently with this secret's hash. */
+static int seen_check(const char *id, const char *hash, es_principal *out)
+{
+    int rc = ES_ENOTFOUND;
+    pthread_mutex_lock(&seen_mu);
+    seen_key *k = seen_slot(id);
+    if (strcmp(k->id, id) == 0 && es_mono_ms() - k->at_ms <= SEEN_MAX_MS &&
+        es_ct_equal(k->hash, hash, 64)) {
+        es_strlcpy(out->tenant, k->tenant, sizeof out->tenant);
+        es_strlcpy(out->key_id, id, sizeof out->key_id);
+        out->scopes = k->scopes;
+        rc = ES_OK;
+    }
+    pthread_mutex_unlock(&seen_mu);
+    return rc;
+}
+
 int es_auth_check(es_store *s, const char *authorization, bool open_mode, es_principal *out)
 {
     memset(out, 0, sizeof *out);
@@ -177,7 +240,12 @@ int es_auth_check(es_store *s, const char *authorization, bool open_mode, es_pri
                             "SELECT tenant, secret_hash, scopes FROM api_keys"
                             " WHERE id = $1 AND revoked_ms IS NULL",
                             1, p, &r);
-    if (rc) return rc;
+    if (rc) {
+        if (seen_check(id, hash, out) != ES_OK) return rc;
+        es_warn("auth", "the store is unavailable (%s): key %s accepted as last seen",
+                es_strerror(rc), id);
+        return ES_OK;
+    }
     rc = ES_EAUTH;
     if (es_rows_count(r) == 1 && strlen(es_rows_get(r, 0, 1)) == 64 &&
         es_ct_equal(es_rows_get(r, 0, 1), hash, 64)) {
@@ -185,7 +253,10 @@ int es_auth_check(es_store *s, const char *authorization, bool open_mode, es_pri
         es_strlcpy(out->key_id, id, sizeof out->key_id);
         out->scopes = (unsigned)es_rows_int(r, 0, 2, 0);
         if (out->scopes & ES_SCOPE_ADMIN) out->scopes |= ES_SCOPE_ALL;
+        seen_put(id, hash, out->tenant, out->scopes);
         rc = ES_OK;
+    } else {
+        seen_drop(id);
     }
     es_rows_free(r);
     return rc;

@@ -1030,11 +1030,12 @@ static void on_headers(es_req *r, const char *version)
     if (!(r->route->scope & ES_SCOPE_PUBLIC)) {
         rc = es_auth_check(h->app->store, es_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION),
                            es_app_open_mode(h->app), &r->principal);
-        if (rc != ES_OK) {
-            es_reply_error(r, 401, "unauthorized",
-                           rc == ES_EAUTH ? "a valid API token is required"
-                                          : "could not check the token",
-                           NULL);
+        if (rc == ES_EAUTH) {
+            es_reply_error(r, 401, "unauthorized", "a valid API token is required", NULL);
+            return;
+        }
+        if (rc != ES_OK) { /* the store cannot be asked: try again later */
+            es_reply_error(r, 503, "unavailable", "could not check the token now", NULL);
             return;
         }
         r->authed = true;
