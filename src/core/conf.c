@@ -105,7 +105,7 @@ static const es_conf_entry table[] = {
      "longest userId or sessionId"},
     {"events_request_max", ES_CONF_INT, F(events_request_max), "5000", 1, 1000000, NULL, 0,
      "events in one POST /v1/events/batch"},
-    {"events_group_max", ES_CONF_SIZE, F(events_group_max), "1MB", 4 * KB, 64 * MB, NULL, 0,
+    {"events_group_max", ES_CONF_SIZE, F(events_group_max), "256KB", 4 * KB, 64 * MB, NULL, 0,
      "events accepted at the same time travel in one broker message of up to this size"},
     {"events_pending_max", ES_CONF_SIZE, F(events_pending_max), "32MB", 64 * KB, 4 * GB, NULL, 0,
      "events waiting for the broker's confirmation; beyond it requests get 503"},

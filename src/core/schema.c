@@ -180,7 +180,7 @@ static const migration migrations[] = {
      " PRIMARY KEY (tenant, id));" EVENTS_COMMON_SQL
      /* once per statement, over the rows it inserted; in key order, so two
       * flushes that meet on the same counters lock them in the same order */
-     "CREATE FUNCTION esteira_count_events() RETURNS trigger LANGUAGE plpgsql AS $$"
+     "CREATE OR REPLACE FUNCTION esteira_count_events() RETURNS trigger LANGUAGE plpgsql AS $$"
      " BEGIN"
      " INSERT INTO event_counts (tenant, event_type, n)"
      " SELECT tenant, event_type, count(*) FROM new_rows GROUP BY tenant, event_type"

@@ -41,6 +41,7 @@
 #define IDLE_WAIT_MS 200  /* an empty buffer looks at the stop flag this often */
 #define HOLD_MAX_MS  5000 /* longest pause between flush attempts while the store is away */
 #define BUFFER_BYTES (8u * 1024 * 1024) /* a flush also starts at this many buffered bytes */
+#define PREFETCH_MAX 256                /* deliveries a flusher holds unacknowledged */
 
 static void define_metrics(void)
 {
@@ -418,8 +419,10 @@ static void *flusher_main(void *arg)
     es_events *ev = arg;
     const int64_t flush_ms = ev->cfg->events_flush_ms;
     const size_t batch_max = (size_t)ev->cfg->events_batch_max;
-    /* a delivery holds one event or many: enough of them to fill a batch */
-    int prefetch = batch_max < 10000 ? (int)batch_max : 10000;
+    /* A delivery holds one event or many (up to ESTEIRA_EVENTS_GROUP_MAX
+     * bytes): the window is a batch of one-event deliveries, bounded so that
+     * what the broker may push ahead stays within PREFETCH_MAX messages. */
+    int prefetch = batch_max < PREFETCH_MAX ? (int)batch_max : PREFETCH_MAX;
     if (prefetch < (int)ev->cfg->prefetch) prefetch = (int)ev->cfg->prefetch;
     es_consumer *cons = NULL;
     fbatch b = {0};
@@ -460,6 +463,7 @@ static void *flusher_main(void *arg)
          * backlog are all "old", and flushing each delivery alone would make
          * the backlog grow. */
         if (b.n && (b.events >= batch_max || b.rows.len >= BUFFER_BYTES ||
+                    b.n >= (size_t)prefetch || /* the window is full: nothing more comes */
                     (rc == ES_ETIMEDOUT && es_now_ms() >= b.oldest_ms + flush_ms)))
             flush(ev, cons, &b);
     }
