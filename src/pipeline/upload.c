@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "esteira/app.h"
 #include "esteira/csv.h"
@@ -25,6 +26,7 @@
 #define REJECT_RAW_MAX       200               /* bytes of a rejected value kept */
 #define PRESIGN_GRACE_MS     (60 * 1000)       /* a PUT begun just before expiry may still finish */
 #define SCAN_KIND            "upload_scan"
+#define GROUP_MAX            1000    /* batches per job (the batches_per_job bound) */
 #define SQLITE_LOAD_CACHE_KB "32768" /* page cache of the connection loading a group */
 
 #define SOURCE_KEY_MAX 80
@@ -291,7 +293,7 @@ static size_t group_size(const es_app *app)
     /* SQLite pays per commit for every index page a batch touches; elsewhere a
      * job per few batches keeps the per-job costs (claim, done, object reads)
      * small next to the rows */
-    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? 250 : 8;
+    return es_store_dialect(app->store) == ES_DIALECT_SQLITE ? GROUP_MAX : 8;
 }
 
 static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t *njobs_out,
@@ -581,7 +583,8 @@ int es_upload_retry(es_app *app, const char *tenant, const char *id)
 
 /* ================================================================ one batch */
 
-#define GROUP_MAX 1000 /* batches per job (the batches_per_job bound) */
+#define SPOOL_BUCKETS 64                /* key ranges of a group on SQLite (at most 256) */
+#define LOAD_CHUNK    (2 * 1024 * 1024) /* bytes of rows per copy_merge of a whole group */
 
 typedef struct batch_msg {
     char upload[ES_UUID_LEN + 1];
@@ -612,6 +615,10 @@ static int parse_msg(const char *payload, batch_msg *m)
     return rc;
 }
 
+typedef struct spool_seg {
+    int64_t off, len;
+} spool_seg;
+
 typedef struct batch_work {
     es_app *app;
     const es_dataset *ds;
@@ -637,6 +644,10 @@ typedef struct batch_work {
     bool big_cache;
     FILE *spool;
     int64_t spooled, spool_off[GROUP_MAX], spool_len[GROUP_MAX];
+    int key_field;   /* the key's field in a COPY row */
+    int nbuckets;    /* key ranges the spool is cut into (1 = none) */
+    spool_seg *segs; /* [batch * nbuckets + bucket]: where its rows are spooled */
+    es_buf part;     /* a batch's rows, bucket after bucket */
     int rc;
 } batch_work;
 
@@ -741,72 +752,116 @@ static void row_json(batch_work *w, const char *const *fields)
     es_buf_puts(&w->json, "}");
 }
 
-static int load_one(batch_work *w, int64_t k);
+/* The bucket of a spooled row: the key's range (its first two hex digits,
+ * the order of SQLite's index on the normalised text), or 0. */
+static int row_bucket(const batch_work *w, const char *row, size_t n)
+{
+    const char *p = row, *end = row + n;
+    for (int f = 0; f < w->key_field; f++) {
+        const char *tab = memchr(p, '\t', (size_t)(end - p));
+        if (!tab) return 0;
+        p = tab + 1;
+    }
+    int v = 0;
+    for (int i = 0; i < 2; i++) {
+        char ch = p + i < end ? p[i] : 0;
+        int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (d < 0) return 0;
+        v = v * 16 + d;
+    }
+    return v * w->nbuckets / 256;
+}
+
+/* w->copy's rows into w->part, grouped by bucket (stable: rows of a bucket
+ * keep their order, so the first of two equal keys stays first), and the
+ * spool segment of each bucket. */
+static int partition(batch_work *w, spool_seg *seg)
+{
+    int64_t pos[SPOOL_BUCKETS] = {0};
+    const char *data = w->copy.data, *end = data + w->copy.len;
+    for (const char *r = data; r < end;) {
+        const char *nl = memchr(r, '\n', (size_t)(end - r));
+        size_t n = nl ? (size_t)(nl - r) + 1 : (size_t)(end - r);
+        seg[row_bucket(w, r, n)].len += (int64_t)n;
+        r += n;
+    }
+    for (int b = 0, at = 0; b < w->nbuckets; at += (int)seg[b].len, b++) {
+        pos[b] = at;
+        seg[b].off = w->spooled + at;
+    }
+    es_buf_reset(&w->part);
+    int rc = es_buf_reserve(&w->part, w->copy.len + 1);
+    if (rc) return rc;
+    for (const char *r = data; r < end;) {
+        const char *nl = memchr(r, '\n', (size_t)(end - r));
+        size_t n = nl ? (size_t)(nl - r) + 1 : (size_t)(end - r);
+        int b = row_bucket(w, r, n);
+        memcpy(w->part.data + pos[b], r, n);
+        pos[b] += (int64_t)n;
+        r += n;
+    }
+    w->part.len = w->copy.len;
+    return ES_OK;
+}
 
 /* A batch's rows wait in a temporary file until the group is read: the
  * reading, checking and object writing of many jobs then run side by side,
  * and the transaction (on SQLite, the one writer) only loads.  Memory holds
- * one batch whatever the group's size. */
+ * one batch whatever the group's size.  With buckets, a batch's rows are
+ * written bucket after bucket: still one range per batch, and a segment per
+ * bucket within it. */
 static int spool_batch(batch_work *w)
 {
     if (!w->spool && !(w->spool = tmpfile())) {
         es_error(COMP, "cannot make a temporary file: %s", strerror(errno));
         return ES_EIO;
     }
+    spool_seg *seg = &w->segs[w->cur * w->nbuckets];
+    const es_buf *rows = &w->copy;
+    if (w->nbuckets > 1) {
+        int rc = partition(w, seg);
+        if (rc) return rc;
+        rows = &w->part;
+    } else {
+        seg[0] = (spool_seg){w->spooled, (int64_t)w->copy.len};
+    }
     w->spool_off[w->cur] = w->spooled;
-    w->spool_len[w->cur] = (int64_t)w->copy.len;
-    if (w->copy.len && fwrite(w->copy.data, 1, w->copy.len, w->spool) != w->copy.len) {
+    w->spool_len[w->cur] = (int64_t)rows->len;
+    if (rows->len && fwrite(rows->data, 1, rows->len, w->spool) != rows->len) {
         es_error(COMP, "cannot write a temporary file: %s", strerror(errno));
         return ES_EIO;
     }
-    w->spooled += (int64_t)w->copy.len;
+    w->spooled += (int64_t)rows->len;
     es_buf_reset(&w->copy);
     return ES_OK;
 }
 
-static int load_spooled(batch_work *w)
+/* Appends len bytes of the spool at off to w->copy. */
+static int read_spool(batch_work *w, int64_t off, int64_t len)
 {
-    if (w->spool && fflush(w->spool) != 0) return ES_EIO;
-    int rc = ES_OK;
-    for (int64_t k = 0; k < w->m->count && !rc; k++) {
-        es_buf_reset(&w->copy);
-        size_t n = (size_t)w->spool_len[k];
-        if (n) {
-            if ((rc = es_buf_reserve(&w->copy, n + 1))) break;
-            if (fseeko(w->spool, (off_t)w->spool_off[k], SEEK_SET) != 0 ||
-                fread(w->copy.data, 1, n, w->spool) != n) {
-                es_error(COMP, "cannot read a temporary file back");
-                rc = ES_EIO;
-                break;
-            }
-            w->copy.len = n;
+    size_t n = (size_t)len;
+    int rc = es_buf_reserve(&w->copy, n + 1);
+    if (rc) return rc;
+    for (size_t got = 0; got < n;) {
+        ssize_t r = pread(fileno(w->spool), w->copy.data + w->copy.len + got, n - got,
+                          (off_t)(off + (int64_t)got));
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR) continue;
+            es_error(COMP, "cannot read a temporary file back: %s",
+                     r < 0 ? strerror(errno) : "short file");
+            return ES_EIO;
         }
-        rc = load_one(w, k);
+        got += (size_t)r;
     }
-    return rc;
+    w->copy.len += n;
+    return ES_OK;
 }
 
-/* The current batch is read whole: its object is written (a deterministic
- * name, so a retry overwrites it), its rows end here in w->copy. */
-/* One batch into the job's transaction: its rows (existing keys left out)
- * and its ledger row.  A retry of the job redoes them all (nothing was
- * committed). */
-static int load_one(batch_work *w, int64_t k)
+/* Batch k of the group is loaded with `inserted` new rows: its ledger row is
+ * done.  Zero rows changed = done meanwhile (a redelivery that overtook
+ * this one): the job's transaction is rolled back. */
+static int batch_loaded(batch_work *w, es_store_conn *c, int64_t k, int64_t inserted)
 {
-    es_store_conn *c;
-    int rc = es_job_ctx_conn(w->ctx, &c);
-    if (rc) return rc;
-    if (!w->big_cache && es_store_dialect(w->app->store) == ES_DIALECT_SQLITE) {
-        /* SQLite reads the key index page by page for every row; with its
-         * default 2 MB cache most of those reads miss.  One writer at a time
-         * holds this, for the length of its job (see load_batch). */
-        w->big_cache =
-            es_store_exec(c, "PRAGMA cache_size = -" SQLITE_LOAD_CACHE_KB, 0, NULL, NULL) == ES_OK;
-    }
-    int64_t inserted = 0;
-    if (w->copy.len)
-        rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len,
-                                 &inserted);
     char seq[24], ins[24], dup[24], rej[24], now[24];
     const char *p[] = {w->upload_id,
                        ES_I64(seq, w->m->seq + k),
@@ -815,18 +870,92 @@ static int load_one(batch_work *w, int64_t k)
                        ES_I64(rej, w->rejected[k]),
                        ES_I64(now, es_now_ms())};
     es_rows *r = NULL;
-    if (!rc)
-        rc = es_store_exec(c,
+    int rc = es_store_exec(c,
                            "UPDATE upload_batches SET inserted = $3, duplicate = $4,"
                            " rejected = $5, done_ms = $6"
                            " WHERE upload_id = $1 AND seq = $2 AND done_ms IS NULL",
                            6, p, &r);
-    if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT; /* done meanwhile: roll back */
+    if (!rc && es_rows_affected(r) != 1) rc = ES_ECONFLICT;
     es_rows_free(r);
     w->ins_all += inserted;
     w->acc_all += w->accepted[k];
     w->rej_all += w->rejected[k];
+    return rc;
+}
+
+static int merge_chunk(batch_work *w, es_store_conn *c, int64_t *inserted)
+{
+    int64_t n = 0;
+    int rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len, &n);
+    *inserted += n;
     es_buf_reset(&w->copy);
+    return rc;
+}
+
+/* Every row of the group at once, key range after key range, in chunks of
+ * LOAD_CHUNK bytes: few COPYs on PostgreSQL, and on SQLite the index pages
+ * of one range stay in the page cache while its rows go in.  Per batch counts
+ * follow when every row went in, or none did (a file sent again); otherwise
+ * *exact is false and nothing of it stays. */
+static int load_together(batch_work *w, es_store_conn *c, bool *exact)
+{
+    *exact = false;
+    int64_t accepted = 0, inserted = 0;
+    for (int64_t k = 0; k < w->m->count; k++)
+        accepted += w->accepted[k];
+    int rc = es_store_exec(c, "SAVEPOINT es_group", 0, NULL, NULL);
+    if (rc) return rc;
+    es_buf_reset(&w->copy);
+    for (int b = 0; b < w->nbuckets && !rc; b++) {
+        for (int64_t k = 0; k < w->m->count && !rc; k++) {
+            const spool_seg *s = &w->segs[k * w->nbuckets + b];
+            if (!s->len) continue;
+            if (w->copy.len && w->copy.len + (size_t)s->len > LOAD_CHUNK)
+                rc = merge_chunk(w, c, &inserted);
+            if (!rc) rc = read_spool(w, s->off, s->len);
+        }
+    }
+    if (!rc && w->copy.len) rc = merge_chunk(w, c, &inserted);
+    if (rc) return rc; /* the job's transaction goes */
+    if (inserted != accepted && inserted != 0) {
+        es_debug(COMP, "upload %s: %lld of %lld rows of a group are new: batch by batch",
+                 w->upload_id, (long long)inserted, (long long)accepted);
+        rc = es_store_exec(c, "ROLLBACK TO es_group", 0, NULL, NULL);
+        if (!rc) rc = es_store_exec(c, "RELEASE es_group", 0, NULL, NULL);
+        return rc;
+    }
+    *exact = true;
+    for (int64_t k = 0; k < w->m->count && !rc; k++)
+        rc = batch_loaded(w, c, k, inserted ? w->accepted[k] : 0);
+    if (!rc) rc = es_store_exec(c, "RELEASE es_group", 0, NULL, NULL);
+    return rc;
+}
+
+/* The group into the job's transaction: every batch's rows (existing keys
+ * left out) and ledger row.  A retry of the job redoes them all (nothing was
+ * committed). */
+static int load_spooled(batch_work *w)
+{
+    es_store_conn *c;
+    int rc = es_job_ctx_conn(w->ctx, &c);
+    if (rc) return rc;
+    if (w->spool && fflush(w->spool) != 0) return ES_EIO;
+    if (es_store_dialect(w->app->store) == ES_DIALECT_SQLITE) {
+        /* SQLite reads the key index page by page for every row; with its
+         * default 2 MB cache most of those reads miss.  One writer at a time
+         * holds this, for the length of its job (see batch_run). */
+        w->big_cache =
+            es_store_exec(c, "PRAGMA cache_size = -" SQLITE_LOAD_CACHE_KB, 0, NULL, NULL) == ES_OK;
+    }
+    bool exact = false;
+    if (w->spool && (rc = load_together(w, c, &exact))) return rc;
+    for (int64_t k = 0; k < w->m->count && !exact && !rc; k++) {
+        int64_t inserted = 0;
+        es_buf_reset(&w->copy);
+        if (w->spool_len[k] && !(rc = read_spool(w, w->spool_off[k], w->spool_len[k])))
+            rc = merge_chunk(w, c, &inserted);
+        if (!rc) rc = batch_loaded(w, c, k, inserted);
+    }
     return rc;
 }
 
@@ -1027,6 +1156,7 @@ static int batch_run(es_job_ctx *ctx, void *arg)
     es_buf_init(&w.json, 0);
     es_buf_init(&w.rejects, 0);
     es_buf_init(&w.scratch, 0);
+    es_buf_init(&w.part, 0);
     es_csv *csv = NULL;
     rc = es_datasets_get(app->store, es_rows_get(r, 0, 1), &ds);
     if (!rc) rc = es_datasets_ensure_table(app->store, &ds);
@@ -1058,10 +1188,24 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         goto out;
     }
     w.cols[w.ncols++] = "tenant";
-    for (int i = 0; i < w.nfields; i++)
+    for (int i = 0; i < w.nfields; i++) {
+        if (w.map.col_of[i] == ds.key) w.key_field = w.ncols;
         if (w.map.col_of[i] >= 0) w.cols[w.ncols++] = ds.cols[w.map.col_of[i]].name;
+    }
     w.cols[w.ncols++] = "upload_id";
     w.cols[w.ncols++] = "line";
+    /* SQLite inserts into its key index wherever each key falls: a group's
+     * random keys (UUIDs) touch every page of it, more than a page cache
+     * holds.  Spooled by key range and loaded range after range, the pages
+     * of one range stay cached while its rows go in. */
+    w.nbuckets = es_store_dialect(app->store) == ES_DIALECT_SQLITE &&
+                         ds.cols[ds.key].type == ES_COL_UUID && w.key_field > 0
+                     ? SPOOL_BUCKETS
+                     : 1;
+    if (!(w.segs = calloc((size_t)(m.count * w.nbuckets), sizeof *w.segs))) {
+        rc = ES_ENOMEM;
+        goto out;
+    }
 
     es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
                          .max_record = (size_t)app->cfg->csv_max_line,
@@ -1101,6 +1245,8 @@ out:
     es_buf_finish(&w.json);
     es_buf_finish(&w.rejects);
     es_buf_finish(&w.scratch);
+    es_buf_finish(&w.part);
+    free(w.segs);
     return rc;
 }
 
