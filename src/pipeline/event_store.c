@@ -38,10 +38,11 @@
 #define M_FLUSH_FAILS "esteira_events_flush_failures_total"
 #define M_DEAD        "esteira_events_dead_total"
 
-#define IDLE_WAIT_MS 200  /* an empty buffer looks at the stop flag this often */
-#define HOLD_MAX_MS  5000 /* longest pause between flush attempts while the store is away */
-#define BUFFER_BYTES (8u * 1024 * 1024) /* a flush also starts at this many buffered bytes */
-#define PREFETCH_MAX 256                /* deliveries a flusher holds unacknowledged */
+#define IDLE_WAIT_MS          200  /* an empty buffer looks at the stop flag this often */
+#define HOLD_MAX_MS           5000 /* longest pause between flush attempts while the store is away */
+#define BUFFER_BYTES          (8u * 1024 * 1024) /* a flush also starts at this many buffered bytes */
+#define PREFETCH_MAX          256                /* deliveries a flusher holds unacknowledged */
+#define SQLITE_FLUSH_CACHE_KB "16384"            /* page cache of a connection that flushes (KiB) */
 
 static void define_metrics(void)
 {
@@ -102,6 +103,12 @@ static int store_rows(es_events *ev, const char *rows, size_t len, size_t events
     es_store_conn *c = NULL;
     int rc = es_store_acquire(ev->app->store, &c);
     if (rc) return rc;
+    /* SQLite: the (tenant, user_id, …) index takes rows at random places, and
+     * with the default 2 MB page cache a flush reads and rewrites pages it
+     * just evicted (60k events stored in 11-13 s; with 16 MB, 4.2-4.8 s).
+     * A connection that flushed keeps the larger cache. */
+    if (es_store_dialect(ev->app->store) == ES_DIALECT_SQLITE)
+        es_store_exec(c, "PRAGMA cache_size = -" SQLITE_FLUSH_CACHE_KB, 0, NULL, NULL);
     if ((rc = es_store_begin(c))) goto release;
     rc =
         es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS, rows, len, inserted);
