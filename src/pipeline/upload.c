@@ -7,6 +7,7 @@
  * parsing and validation of a file spread over every worker. */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,9 @@
 #define PRESIGN_GRACE_MS     (60 * 1000)       /* a PUT begun just before expiry may still finish */
 #define SCAN_KIND            "upload_scan"
 #define GROUP_MAX            1000    /* batches per job (the batches_per_job bound) */
+#define PARSE_PARTS          2       /* readers of a big group, side by side */
+#define SPLIT_MIN            64      /* batches of a group worth a second reader */
+#define PUT_SLOTS            4       /* batch objects being written at once */
 #define SQLITE_LOAD_CACHE_KB "32768" /* page cache of the connection loading a group */
 
 #define SOURCE_KEY_MAX 80
@@ -319,7 +323,10 @@ static int queue_batches(es_upload_rx *rx, char (*ids)[ES_UUID_LEN + 1], size_t 
                       rx->id, first + 1, n, a->offset, z->offset + z->length - a->offset, a->line);
         for (size_t k = 1; k < n; k++)
             es_buf_printf(&payload, "%s%" PRId64, k > 1 ? "," : "", a[k].line);
-        es_buf_puts(&payload, "]}");
+        es_buf_puts(&payload, "]");
+        if (n >= SPLIT_MIN) /* where a second reader of the group begins */
+            es_buf_printf(&payload, ",\"split\":[%zu,%" PRId64 "]", n / 2, a[n / 2].offset);
+        es_buf_puts(&payload, "}");
         es_job_req jr = {.kind = ES_UPLOAD_KIND,
                          .tenant = rx->tenant,
                          .payload = es_buf_cstr(&payload),
@@ -589,7 +596,8 @@ int es_upload_retry(es_app *app, const char *tenant, const char *id)
 typedef struct batch_msg {
     char upload[ES_UUID_LEN + 1];
     int64_t seq, count, offset, length, line;
-    int64_t cuts[GROUP_MAX]; /* the first line of each batch after the first */
+    int64_t cuts[GROUP_MAX];  /* the first line of each batch after the first */
+    int64_t split, split_off; /* batch `split` begins at byte split_off (0 = no split) */
 } batch_msg;
 
 static int parse_msg(const char *payload, batch_msg *m)
@@ -610,6 +618,12 @@ static int parse_msg(const char *payload, batch_msg *m)
             rc = ES_EINVAL;
         for (size_t k = 0; !rc && k + 1 < (size_t)m->count; k++)
             m->cuts[k] = json_integer_value(json_array_get(cuts, k));
+        json_t *split = json_object_get(j, "split");
+        m->split = json_integer_value(json_array_get(split, 0));
+        m->split_off = json_integer_value(json_array_get(split, 1));
+        if (m->split <= 0 || m->split >= m->count || m->split_off <= m->offset ||
+            m->split_off >= m->offset + m->length)
+            m->split = m->split_off = 0; /* read in one piece */
     }
     json_decref(j);
     return rc;
@@ -619,7 +633,150 @@ typedef struct spool_seg {
     int64_t off, len;
 } spool_seg;
 
-typedef struct batch_work {
+/* Batch objects are written by a few threads of the job while its parts read
+ * on: a write waits on storage (a file's fsync, an S3 request) far longer
+ * than it costs, and waiting in the reader left a core idle. */
+typedef enum { SLOT_FREE, SLOT_QUEUED, SLOT_WRITING } slot_state;
+
+typedef struct put_slot {
+    slot_state state;
+    char key[128];
+    es_buf json;
+} put_slot;
+
+typedef struct object_writer {
+    es_blob *blob;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    put_slot slots[PUT_SLOTS];
+    pthread_t threads[PUT_SLOTS];
+    int nthreads;
+    bool started, closing;
+    int rc;               /* the first write that failed */
+    char failed_key[128]; /* and its object */
+} object_writer;
+
+static void *writer_main(void *arg)
+{
+    object_writer *ow = arg;
+    pthread_mutex_lock(&ow->mu);
+    for (;;) {
+        put_slot *s = NULL;
+        for (int i = 0; i < PUT_SLOTS && !s; i++)
+            if (ow->slots[i].state == SLOT_QUEUED) s = &ow->slots[i];
+        if (!s) {
+            if (ow->closing) break;
+            pthread_cond_wait(&ow->cv, &ow->mu);
+            continue;
+        }
+        s->state = SLOT_WRITING;
+        pthread_mutex_unlock(&ow->mu);
+        int rc = es_blob_put(ow->blob, s->key, "application/json", s->json.data, s->json.len);
+        if (rc) es_warn(COMP, "cannot store %s: %s", s->key, es_strerror(rc));
+        pthread_mutex_lock(&ow->mu);
+        if (rc && !ow->rc) {
+            ow->rc = rc;
+            es_strlcpy(ow->failed_key, s->key, sizeof ow->failed_key);
+        }
+        es_buf_reset(&s->json);
+        s->state = SLOT_FREE;
+        pthread_cond_broadcast(&ow->cv);
+    }
+    pthread_mutex_unlock(&ow->mu);
+    return NULL;
+}
+
+static void writer_init(object_writer *ow, es_blob *blob)
+{
+    memset(ow, 0, sizeof *ow);
+    ow->blob = blob;
+    pthread_mutex_init(&ow->mu, NULL);
+    pthread_cond_init(&ow->cv, NULL);
+    for (int i = 0; i < PUT_SLOTS; i++)
+        es_buf_init(&ow->slots[i].json, 0);
+}
+
+/* Queues an object: *json is taken (an empty buffer is left in its place).
+ * Without a thread to write it, it is written here and now. */
+static int writer_put(object_writer *ow, const char *key, es_buf *json)
+{
+    pthread_mutex_lock(&ow->mu);
+    if (!ow->started) {
+        ow->started = true;
+        while (ow->nthreads < PUT_SLOTS &&
+               pthread_create(&ow->threads[ow->nthreads], NULL, writer_main, ow) == 0)
+            ow->nthreads++;
+    }
+    put_slot *s = NULL;
+    while (!ow->rc && ow->nthreads && !s) {
+        for (int i = 0; i < PUT_SLOTS && !s; i++)
+            if (ow->slots[i].state == SLOT_FREE) s = &ow->slots[i];
+        if (!s) pthread_cond_wait(&ow->cv, &ow->mu);
+    }
+    int rc = ow->rc;
+    if (!rc && s) {
+        es_buf t = s->json;
+        s->json = *json;
+        *json = t;
+        es_strlcpy(s->key, key, sizeof s->key);
+        s->state = SLOT_QUEUED;
+        pthread_cond_broadcast(&ow->cv);
+    }
+    pthread_mutex_unlock(&ow->mu);
+    if (!rc && !s) { /* no thread could be started */
+        rc = es_blob_put(ow->blob, key, "application/json", json->data, json->len);
+        if (rc) es_warn(COMP, "cannot store %s: %s", key, es_strerror(rc));
+    }
+    es_buf_reset(json);
+    return rc;
+}
+
+/* Waits for every queued object; the first failure, with its key. */
+static int writer_finish(object_writer *ow)
+{
+    pthread_mutex_lock(&ow->mu);
+    ow->closing = true;
+    pthread_cond_broadcast(&ow->cv);
+    pthread_mutex_unlock(&ow->mu);
+    for (int i = 0; i < ow->nthreads; i++)
+        pthread_join(ow->threads[i], NULL);
+    ow->nthreads = 0;
+    return ow->rc;
+}
+
+static void writer_destroy(object_writer *ow)
+{
+    writer_finish(ow);
+    for (int i = 0; i < PUT_SLOTS; i++)
+        es_buf_finish(&ow->slots[i].json);
+    pthread_cond_destroy(&ow->cv);
+    pthread_mutex_destroy(&ow->mu);
+}
+
+typedef struct batch_work batch_work;
+
+/* A reader of consecutive batches of the group, with its own parser,
+ * buffers and temporary file: a big group is read by two side by side. */
+typedef struct batch_part {
+    batch_work *w;
+    int64_t first, end;           /* its batches, [first, end) of the group */
+    int64_t offset, length, line; /* its bytes of the source, and their first line */
+    es_csv *csv;
+    es_buf copy;    /* the accepted rows of the batch being read, COPY text */
+    es_buf json;    /* the batch object: a JSON array of row objects */
+    es_buf rejects; /* upload_rejects rows, COPY text */
+    es_buf scratch;
+    es_buf sorted; /* a batch's rows, bucket after bucket */
+    size_t vstart[ES_DATASET_MAX_COLS * 2], vlen[ES_DATASET_MAX_COLS * 2];
+    int64_t cur; /* the batch being read */
+    FILE *spool;
+    int64_t spooled;
+    int rc;
+    const char *failure; /* error type when rc: read_failed, blob_failed */
+    char why[320];
+} batch_part;
+
+struct batch_work {
     es_app *app;
     const es_dataset *ds;
     const char *upload_id;
@@ -628,28 +785,22 @@ typedef struct batch_work {
     int nfields;
     const char *cols[ES_DATASET_MAX_COLS + 3]; /* tenant, mapped columns…, upload_id, line */
     int ncols;
-    es_buf copy;    /* the accepted rows, COPY text */
-    es_buf json;    /* the batch object: a JSON array of row objects */
-    es_buf rejects; /* upload_rejects rows, COPY text */
-    es_buf scratch;
     char row_head[ES_TENANT_MAX * 2 + 4]; /* tenant, escaped, and a tab */
-    size_t vstart[ES_DATASET_MAX_COLS * 2], vlen[ES_DATASET_MAX_COLS * 2];
     const batch_msg *m;
-    int64_t cur; /* the batch of the group being read */
-    int64_t rows;
+    batch_part parts[PARSE_PARTS];
+    int nparts;
+    es_buf copy; /* rows on their way into the store */
+    object_writer objects;
     /* per batch of the group: what became of its rows */
     int64_t accepted[GROUP_MAX], rejected[GROUP_MAX];
     int64_t ins_all, acc_all, rej_all; /* the group's */
     es_job_ctx *ctx;
     bool big_cache;
-    FILE *spool;
-    int64_t spooled, spool_off[GROUP_MAX], spool_len[GROUP_MAX];
+    int64_t spool_off[GROUP_MAX], spool_len[GROUP_MAX];
     int key_field;   /* the key's field in a COPY row */
     int nbuckets;    /* key ranges the spool is cut into (1 = none) */
     spool_seg *segs; /* [batch * nbuckets + bucket]: where its rows are spooled */
-    es_buf part;     /* a batch's rows, bucket after bucket */
-    int rc;
-} batch_work;
+};
 
 /* The raw value of a rejected field: bounded, valid UTF-8 (anything else
  * becomes '?'), so it can be stored and shown. */
@@ -677,16 +828,17 @@ static void clean_raw(es_buf *out, const char *s, size_t n)
     }
 }
 
-static void add_reject(batch_work *w, int64_t line, const char *col, const char *reason,
+static void add_reject(batch_part *p, int64_t line, const char *col, const char *reason,
                        const char *raw, size_t rawlen)
 {
     char l[24];
-    clean_raw(&w->scratch, raw, rawlen);
-    es_copy_field(&w->rejects, w->upload_id, strlen(w->upload_id), false);
-    es_copy_field(&w->rejects, l, (size_t)snprintf(l, sizeof l, "%lld", (long long)line), false);
-    es_copy_field(&w->rejects, col, strlen(col), false);
-    es_copy_field(&w->rejects, reason, strlen(reason), false);
-    es_copy_field(&w->rejects, w->scratch.data ? w->scratch.data : "", w->scratch.len, true);
+    const char *id = p->w->upload_id;
+    clean_raw(&p->scratch, raw, rawlen);
+    es_copy_field(&p->rejects, id, strlen(id), false);
+    es_copy_field(&p->rejects, l, (size_t)snprintf(l, sizeof l, "%lld", (long long)line), false);
+    es_copy_field(&p->rejects, col, strlen(col), false);
+    es_copy_field(&p->rejects, reason, strlen(reason), false);
+    es_copy_field(&p->rejects, p->scratch.data ? p->scratch.data : "", p->scratch.len, true);
 }
 
 static void json_str(es_buf *b, const char *s, size_t n)
@@ -714,42 +866,42 @@ static void json_str(es_buf *b, const char *s, size_t n)
     es_buf_puts(b, "\"");
 }
 
-/* The row just written to w->copy, as a JSON object of the CSV's names. */
-static void row_json(batch_work *w, const char *const *fields)
+/* The row just written to p->copy, as a JSON object of the CSV's names. */
+static void row_json(batch_part *p)
 {
-    (void)fields;
-    es_buf_puts(&w->json, w->accepted[w->cur] > 1 ? ",\n{" : "{");
+    const batch_work *w = p->w;
+    es_buf_puts(&p->json, w->accepted[p->cur] > 1 ? ",\n{" : "{");
     bool first = true;
     for (int i = 0; i < w->nfields; i++) {
         int col = w->map.col_of[i];
         if (col < 0) continue;
         const es_column *c = &w->ds->cols[col];
-        if (!first) es_buf_puts(&w->json, ",");
+        if (!first) es_buf_puts(&p->json, ",");
         first = false;
-        json_str(&w->json, c->header, strlen(c->header));
-        es_buf_puts(&w->json, ":");
-        const char *v = w->copy.data + w->vstart[i];
-        size_t n = w->vlen[i];
+        json_str(&p->json, c->header, strlen(c->header));
+        es_buf_puts(&p->json, ":");
+        const char *v = p->copy.data + p->vstart[i];
+        size_t n = p->vlen[i];
         if (n == 2 && v[0] == '\\' && v[1] == 'N') {
-            es_buf_puts(&w->json, "null");
+            es_buf_puts(&p->json, "null");
             continue;
         }
         switch (c->type) {
         case ES_COL_INTEGER:
         case ES_COL_BIGINT:
         case ES_COL_DECIMAL:
-        case ES_COL_BOOLEAN: es_buf_append(&w->json, v, n); break;
+        case ES_COL_BOOLEAN: es_buf_append(&p->json, v, n); break;
         default:
-            es_buf_reset(&w->scratch);
-            es_buf_append(&w->scratch, v, n);
-            n = es_copy_unescape(w->scratch.data, n);
+            es_buf_reset(&p->scratch);
+            es_buf_append(&p->scratch, v, n);
+            n = es_copy_unescape(p->scratch.data, n);
             if (c->type == ES_COL_JSON)
-                es_buf_append(&w->json, w->scratch.data, n);
+                es_buf_append(&p->json, p->scratch.data, n);
             else
-                json_str(&w->json, w->scratch.data, n);
+                json_str(&p->json, p->scratch.data, n);
         }
     }
-    es_buf_puts(&w->json, "}");
+    es_buf_puts(&p->json, "}");
 }
 
 /* The bucket of a spooled row: the key's range (its first two hex digits,
@@ -772,13 +924,14 @@ static int row_bucket(const batch_work *w, const char *row, size_t n)
     return v * w->nbuckets / 256;
 }
 
-/* w->copy's rows into w->part, grouped by bucket (stable: rows of a bucket
+/* p->copy's rows into p->sorted, grouped by bucket (stable: rows of a bucket
  * keep their order, so the first of two equal keys stays first), and the
  * spool segment of each bucket. */
-static int partition(batch_work *w, spool_seg *seg)
+static int partition(batch_part *p, spool_seg *seg)
 {
+    const batch_work *w = p->w;
     int64_t pos[SPOOL_BUCKETS] = {0};
-    const char *data = w->copy.data, *end = data + w->copy.len;
+    const char *data = p->copy.data, *end = data + p->copy.len;
     for (const char *r = data; r < end;) {
         const char *nl = memchr(r, '\n', (size_t)(end - r));
         size_t n = nl ? (size_t)(nl - r) + 1 : (size_t)(end - r);
@@ -787,20 +940,20 @@ static int partition(batch_work *w, spool_seg *seg)
     }
     for (int b = 0, at = 0; b < w->nbuckets; at += (int)seg[b].len, b++) {
         pos[b] = at;
-        seg[b].off = w->spooled + at;
+        seg[b].off = p->spooled + at;
     }
-    es_buf_reset(&w->part);
-    int rc = es_buf_reserve(&w->part, w->copy.len + 1);
+    es_buf_reset(&p->sorted);
+    int rc = es_buf_reserve(&p->sorted, p->copy.len + 1);
     if (rc) return rc;
     for (const char *r = data; r < end;) {
         const char *nl = memchr(r, '\n', (size_t)(end - r));
         size_t n = nl ? (size_t)(nl - r) + 1 : (size_t)(end - r);
         int b = row_bucket(w, r, n);
-        memcpy(w->part.data + pos[b], r, n);
+        memcpy(p->sorted.data + pos[b], r, n);
         pos[b] += (int64_t)n;
         r += n;
     }
-    w->part.len = w->copy.len;
+    p->sorted.len = p->copy.len;
     return ES_OK;
 }
 
@@ -810,41 +963,46 @@ static int partition(batch_work *w, spool_seg *seg)
  * one batch whatever the group's size.  With buckets, a batch's rows are
  * written bucket after bucket: still one range per batch, and a segment per
  * bucket within it. */
-static int spool_batch(batch_work *w)
+static int spool_batch(batch_part *p)
 {
-    if (!w->spool && !(w->spool = tmpfile())) {
+    batch_work *w = p->w;
+    if (!p->spool && !(p->spool = tmpfile())) {
         es_error(COMP, "cannot make a temporary file: %s", strerror(errno));
         return ES_EIO;
     }
-    spool_seg *seg = &w->segs[w->cur * w->nbuckets];
-    const es_buf *rows = &w->copy;
+    spool_seg *seg = &w->segs[p->cur * w->nbuckets];
+    const es_buf *rows = &p->copy;
     if (w->nbuckets > 1) {
-        int rc = partition(w, seg);
+        int rc = partition(p, seg);
         if (rc) return rc;
-        rows = &w->part;
+        rows = &p->sorted;
     } else {
-        seg[0] = (spool_seg){w->spooled, (int64_t)w->copy.len};
+        seg[0] = (spool_seg){p->spooled, (int64_t)p->copy.len};
     }
-    w->spool_off[w->cur] = w->spooled;
-    w->spool_len[w->cur] = (int64_t)rows->len;
-    if (rows->len && fwrite(rows->data, 1, rows->len, w->spool) != rows->len) {
+    w->spool_off[p->cur] = p->spooled;
+    w->spool_len[p->cur] = (int64_t)rows->len;
+    if (rows->len && fwrite(rows->data, 1, rows->len, p->spool) != rows->len) {
         es_error(COMP, "cannot write a temporary file: %s", strerror(errno));
         return ES_EIO;
     }
-    w->spooled += (int64_t)rows->len;
-    es_buf_reset(&w->copy);
+    p->spooled += (int64_t)rows->len;
+    es_buf_reset(&p->copy);
     return ES_OK;
 }
 
-/* Appends len bytes of the spool at off to w->copy. */
-static int read_spool(batch_work *w, int64_t off, int64_t len)
+/* Appends len bytes at off of the temporary file of batch k to w->copy. */
+static int read_spool(batch_work *w, int64_t k, int64_t off, int64_t len)
 {
+    const batch_part *p = &w->parts[0];
+    while (p < &w->parts[w->nparts - 1] && k >= p->end)
+        p++;
     size_t n = (size_t)len;
     int rc = es_buf_reserve(&w->copy, n + 1);
     if (rc) return rc;
     for (size_t got = 0; got < n;) {
-        ssize_t r = pread(fileno(w->spool), w->copy.data + w->copy.len + got, n - got,
-                          (off_t)(off + (int64_t)got));
+        ssize_t r = p->spool ? pread(fileno(p->spool), w->copy.data + w->copy.len + got, n - got,
+                                     (off_t)(off + (int64_t)got))
+                             : 0;
         if (r <= 0) {
             if (r < 0 && errno == EINTR) continue;
             es_error(COMP, "cannot read a temporary file back: %s",
@@ -912,7 +1070,7 @@ static int load_together(batch_work *w, es_store_conn *c, bool *exact)
             if (!s->len) continue;
             if (w->copy.len && w->copy.len + (size_t)s->len > LOAD_CHUNK)
                 rc = merge_chunk(w, c, &inserted);
-            if (!rc) rc = read_spool(w, s->off, s->len);
+            if (!rc) rc = read_spool(w, k, s->off, s->len);
         }
     }
     if (!rc && w->copy.len) rc = merge_chunk(w, c, &inserted);
@@ -939,7 +1097,8 @@ static int load_spooled(batch_work *w)
     es_store_conn *c;
     int rc = es_job_ctx_conn(w->ctx, &c);
     if (rc) return rc;
-    if (w->spool && fflush(w->spool) != 0) return ES_EIO;
+    for (int i = 0; i < w->nparts; i++)
+        if (w->parts[i].spool && fflush(w->parts[i].spool) != 0) return ES_EIO;
     if (es_store_dialect(w->app->store) == ES_DIALECT_SQLITE) {
         /* SQLite reads the key index page by page for every row; with its
          * default 2 MB cache most of those reads miss.  One writer at a time
@@ -948,11 +1107,11 @@ static int load_spooled(batch_work *w)
             es_store_exec(c, "PRAGMA cache_size = -" SQLITE_LOAD_CACHE_KB, 0, NULL, NULL) == ES_OK;
     }
     bool exact = false;
-    if (w->spool && (rc = load_together(w, c, &exact))) return rc;
+    if ((rc = load_together(w, c, &exact))) return rc;
     for (int64_t k = 0; k < w->m->count && !exact && !rc; k++) {
         int64_t inserted = 0;
         es_buf_reset(&w->copy);
-        if (w->spool_len[k] && !(rc = read_spool(w, w->spool_off[k], w->spool_len[k])))
+        if (w->spool_len[k] && !(rc = read_spool(w, k, w->spool_off[k], w->spool_len[k])))
             rc = merge_chunk(w, c, &inserted);
         if (!rc) rc = batch_loaded(w, c, k, inserted);
     }
@@ -960,80 +1119,115 @@ static int load_spooled(batch_work *w)
 }
 
 /* The current batch is read whole: its object is written (a deterministic
- * name, so a retry overwrites it), its rows loaded. */
-static int end_batch(batch_work *w)
+ * name, so a retry overwrites it), its rows spooled. */
+static int end_batch(batch_part *p)
 {
     char key[128];
-    snprintf(key, sizeof key, "uploads/%s/batch-%06lld.json", w->upload_id,
-             (long long)(w->m->seq + w->cur));
-    es_buf_puts(&w->json, "]\n");
-    int rc = es_blob_put(w->app->blob, key, "application/json", w->json.data, w->json.len);
-    if (rc) es_warn(COMP, "cannot store %s: %s", key, es_strerror(rc));
-    es_buf_reset(&w->json);
-    es_buf_puts(&w->json, "[");
-    if (!rc) rc = spool_batch(w);
-    w->cur++;
+    snprintf(key, sizeof key, "uploads/%s/batch-%06lld.json", p->w->upload_id,
+             (long long)(p->w->m->seq + p->cur));
+    es_buf_puts(&p->json, "]\n");
+    int rc = writer_put(&p->w->objects, key, &p->json);
+    es_buf_puts(&p->json, "[");
+    if (!rc) rc = spool_batch(p);
+    p->cur++;
     return rc;
 }
 
 static int batch_record(void *arg, int64_t line, const char *const *fields, const size_t *lens,
                         int nfields)
 {
-    batch_work *w = arg;
-    while (w->cur + 1 < w->m->count && line >= w->m->cuts[w->cur])
-        if ((w->rc = end_batch(w))) return 1;
-    w->rows++;
+    batch_part *p = arg;
+    batch_work *w = p->w;
+    while (p->cur + 1 < p->end && line >= w->m->cuts[p->cur])
+        if ((p->rc = end_batch(p))) return 1;
     if (nfields != w->nfields) {
         char why[80];
         snprintf(why, sizeof why, "expected %d fields, found %d", w->nfields, nfields);
-        add_reject(w, line, "", why, fields[0], lens[0]);
-        w->rejected[w->cur]++;
+        add_reject(p, line, "", why, fields[0], lens[0]);
+        w->rejected[p->cur]++;
         return 0;
     }
-    size_t start = w->copy.len;
-    es_buf_puts(&w->copy, w->row_head);
+    size_t start = p->copy.len;
+    es_buf_puts(&p->copy, w->row_head);
     bool bad = false;
     for (int i = 0; i < nfields; i++) {
         int col = w->map.col_of[i];
         if (col < 0) continue;
         const char *problem = NULL;
-        size_t at = w->copy.len;
-        int rc = es_value_normalize(&w->ds->cols[col], fields[i], lens[i], &w->copy, &problem);
+        size_t at = p->copy.len;
+        int rc = es_value_normalize(&w->ds->cols[col], fields[i], lens[i], &p->copy, &problem);
         if (rc == ES_EINVAL) {
-            add_reject(w, line, w->ds->cols[col].header, problem ? problem : "invalid", fields[i],
+            add_reject(p, line, w->ds->cols[col].header, problem ? problem : "invalid", fields[i],
                        lens[i]);
             bad = true;
-            w->copy.len = at;
+            p->copy.len = at;
         } else if (rc) {
-            w->rc = rc;
+            p->rc = rc;
             return 1;
         }
-        w->vstart[i] = at;
-        w->vlen[i] = w->copy.len - at;
-        es_buf_puts(&w->copy, "\t");
+        p->vstart[i] = at;
+        p->vlen[i] = p->copy.len - at;
+        es_buf_puts(&p->copy, "\t");
     }
     if (bad) {
-        w->copy.len = start;
-        w->rejected[w->cur]++;
+        p->copy.len = start;
+        w->rejected[p->cur]++;
         return 0;
     }
     char tail[80];
     snprintf(tail, sizeof tail, "%s\t%lld\n", w->upload_id, (long long)line);
-    es_buf_puts(&w->copy, tail);
-    w->accepted[w->cur]++;
-    row_json(w, fields);
+    es_buf_puts(&p->copy, tail);
+    w->accepted[p->cur]++;
+    row_json(p);
     return 0;
 }
 
-typedef struct feed_arg {
-    es_csv *csv;
-} feed_arg;
-
 static int feed_sink(void *arg, const void *data, size_t len)
 {
-    feed_arg *f = arg;
-    int rc = es_csv_feed(f->csv, data, len);
-    return rc ? rc : 0;
+    return es_csv_feed(arg, data, len);
+}
+
+/* Reads a part's bytes of the source: every one of its batches checked,
+ * its object written and its rows spooled.  Runs on a thread of its own for
+ * the second part of a big group. */
+static void *read_part(void *arg)
+{
+    batch_part *p = arg;
+    batch_work *w = p->w;
+    const es_config *cfg = w->app->cfg;
+    es_csv_limits lim = {.max_field = (size_t)cfg->csv_max_field,
+                         .max_record = (size_t)cfg->csv_max_line,
+                         .max_fields = ES_DATASET_MAX_COLS * 2};
+    p->failure = "read_failed";
+    int rc = es_csv_create(&lim, batch_record, p, &p->csv);
+    if (rc) {
+        snprintf(p->why, sizeof p->why, "%s", es_strerror(rc));
+        p->rc = rc;
+        return NULL;
+    }
+    es_csv_start_at(p->csv, p->line);
+    char key[SOURCE_KEY_MAX];
+    source_key(w->upload_id, key);
+    es_buf_puts(&p->json, "[");
+    rc = es_blob_get_range(w->app->blob, key, p->offset, p->length, feed_sink, p->csv);
+    if (!rc) rc = es_csv_finish(p->csv);
+    if (p->rc) rc = p->rc;
+    if (rc) {
+        snprintf(p->why, sizeof p->why, "upload %s batch %lld: %s", w->upload_id,
+                 (long long)(w->m->seq + p->first),
+                 es_csv_error(p->csv)[0] ? es_csv_error(p->csv) : es_strerror(rc));
+        p->rc = rc;
+        return NULL;
+    }
+    while (!rc && p->cur < p->end)
+        rc = end_batch(p);
+    if (rc) {
+        p->failure = "blob_failed";
+        snprintf(p->why, sizeof p->why, "upload %s batch %lld: cannot store its object (%s)",
+                 w->upload_id, (long long)(w->m->seq + p->cur - 1), es_strerror(rc));
+        p->rc = rc;
+    }
+    return NULL;
 }
 
 /* Decides the upload's outcome once every batch is accounted for: done when
@@ -1092,8 +1286,10 @@ static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
     if ((rc = load_spooled(w))) return rc;
     int64_t ins_all = w->ins_all, acc_all = w->acc_all, rej_all = w->rej_all, t = es_now_ms();
     static const char *const rcols[] = {"upload_id", "line", "col", "reason", "raw"};
-    if (w->rejects.len)
-        rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->rejects.data, w->rejects.len);
+    for (int i = 0; i < w->nparts && !rc; i++)
+        if (w->parts[i].rejects.len)
+            rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->parts[i].rejects.data,
+                                  w->parts[i].rejects.len);
     char ins[24], dup[24], rej[24], now[24], cnt[24];
     const char *p[] = {
         m->upload,      ES_I64(ins, ins_all), ES_I64(dup, acc_all - ins_all), ES_I64(rej, rej_all),
@@ -1132,13 +1328,13 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         return ES_EINVAL;
     }
     char seqs[24];
-    const char *p[] = {m.upload, ES_I64(seqs, m.seq)};
+    const char *q[] = {m.upload, ES_I64(seqs, m.seq)};
     es_rows *r = NULL;
     int rc = es_store_exec1(app->store,
                             "SELECT u.tenant, u.dataset, u.header, b.done_ms FROM uploads u"
                             " JOIN upload_batches b ON b.upload_id = u.id AND b.seq = $2"
                             " WHERE u.id = $1",
-                            2, p, &r);
+                            2, q, &r);
     if (rc) return rc;
     if (es_rows_count(r) != 1) {
         es_rows_free(r);
@@ -1151,34 +1347,44 @@ static int batch_run(es_job_ctx *ctx, void *arg)
         return ES_OK;
     }
     es_dataset ds;
-    batch_work w = {.app = app, .ds = &ds, .upload_id = m.upload, .m = &m, .ctx = ctx};
-    es_buf_init(&w.copy, 0);
-    es_buf_init(&w.json, 0);
-    es_buf_init(&w.rejects, 0);
-    es_buf_init(&w.scratch, 0);
-    es_buf_init(&w.part, 0);
-    es_csv *csv = NULL;
+    batch_work *w = calloc(1, sizeof *w); /* per-batch arrays: too big for a stack */
+    if (!w) {
+        es_rows_free(r);
+        return ES_ENOMEM;
+    }
+    *w = (batch_work){.app = app, .ds = &ds, .upload_id = m.upload, .m = &m, .ctx = ctx};
+    es_buf_init(&w->copy, 0);
+    writer_init(&w->objects, app->blob);
+    for (int i = 0; i < PARSE_PARTS; i++) {
+        batch_part *p = &w->parts[i];
+        p->w = w;
+        es_buf_init(&p->copy, 0);
+        es_buf_init(&p->json, 0);
+        es_buf_init(&p->rejects, 0);
+        es_buf_init(&p->scratch, 0);
+        es_buf_init(&p->sorted, 0);
+    }
     rc = es_datasets_get(app->store, es_rows_get(r, 0, 1), &ds);
     if (!rc) rc = es_datasets_ensure_table(app->store, &ds);
     if (!rc) {
         size_t tl = 0;
         const char *tenant = es_rows_get(r, 0, 0);
         es_buf head;
-        es_buf_init(&head, sizeof w.row_head - 1);
+        es_buf_init(&head, sizeof w->row_head - 1);
         if (es_copy_field(&head, tenant, strlen(tenant), false) == ES_OK) tl = head.len;
-        memcpy(w.row_head, head.data, tl);
-        w.row_head[tl] = 0;
+        memcpy(w->row_head, head.data, tl);
+        w->row_head[tl] = 0;
         es_buf_finish(&head);
-        w.header = json_loads(es_rows_get(r, 0, 2) ? es_rows_get(r, 0, 2) : "", 0, NULL);
-        w.nfields = (int)json_array_size(w.header);
+        w->header = json_loads(es_rows_get(r, 0, 2) ? es_rows_get(r, 0, 2) : "", 0, NULL);
+        w->nfields = (int)json_array_size(w->header);
         const char *f[ES_DATASET_MAX_COLS * 2];
         size_t fl[ES_DATASET_MAX_COLS * 2];
-        for (int i = 0; i < w.nfields && i < ES_DATASET_MAX_COLS * 2; i++) {
-            f[i] = json_string_value(json_array_get(w.header, (size_t)i));
+        for (int i = 0; i < w->nfields && i < ES_DATASET_MAX_COLS * 2; i++) {
+            f[i] = json_string_value(json_array_get(w->header, (size_t)i));
             fl[i] = strlen(f[i] ? f[i] : "");
         }
-        rc = w.nfields > 0 && w.nfields <= ES_DATASET_MAX_COLS * 2
-                 ? es_dataset_map_header(&ds, f, fl, w.nfields, &w.map, NULL)
+        rc = w->nfields > 0 && w->nfields <= ES_DATASET_MAX_COLS * 2
+                 ? es_dataset_map_header(&ds, f, fl, w->nfields, &w->map, NULL)
                  : ES_EINVAL;
     }
     es_rows_free(r);
@@ -1187,66 +1393,83 @@ static int batch_run(es_job_ctx *ctx, void *arg)
                     "upload %s: its dataset or header is unusable (%s)", m.upload, es_strerror(rc));
         goto out;
     }
-    w.cols[w.ncols++] = "tenant";
-    for (int i = 0; i < w.nfields; i++) {
-        if (w.map.col_of[i] == ds.key) w.key_field = w.ncols;
-        if (w.map.col_of[i] >= 0) w.cols[w.ncols++] = ds.cols[w.map.col_of[i]].name;
+    w->cols[w->ncols++] = "tenant";
+    for (int i = 0; i < w->nfields; i++) {
+        if (w->map.col_of[i] == ds.key) w->key_field = w->ncols;
+        if (w->map.col_of[i] >= 0) w->cols[w->ncols++] = ds.cols[w->map.col_of[i]].name;
     }
-    w.cols[w.ncols++] = "upload_id";
-    w.cols[w.ncols++] = "line";
+    w->cols[w->ncols++] = "upload_id";
+    w->cols[w->ncols++] = "line";
     /* SQLite inserts into its key index wherever each key falls: a group's
      * random keys (UUIDs) touch every page of it, more than a page cache
      * holds.  Spooled by key range and loaded range after range, the pages
      * of one range stay cached while its rows go in. */
-    w.nbuckets = es_store_dialect(app->store) == ES_DIALECT_SQLITE &&
-                         ds.cols[ds.key].type == ES_COL_UUID && w.key_field > 0
-                     ? SPOOL_BUCKETS
-                     : 1;
-    if (!(w.segs = calloc((size_t)(m.count * w.nbuckets), sizeof *w.segs))) {
+    w->nbuckets = es_store_dialect(app->store) == ES_DIALECT_SQLITE &&
+                          ds.cols[ds.key].type == ES_COL_UUID && w->key_field > 0
+                      ? SPOOL_BUCKETS
+                      : 1;
+    if (!(w->segs = calloc((size_t)(m.count * w->nbuckets), sizeof *w->segs))) {
         rc = ES_ENOMEM;
         goto out;
     }
 
-    es_csv_limits lim = {.max_field = (size_t)app->cfg->csv_max_field,
-                         .max_record = (size_t)app->cfg->csv_max_line,
-                         .max_fields = ES_DATASET_MAX_COLS * 2};
-    if ((rc = es_csv_create(&lim, batch_record, &w, &csv))) goto out;
-    es_csv_start_at(csv, m.line);
-    char key[SOURCE_KEY_MAX];
-    source_key(m.upload, key);
-    es_buf_puts(&w.json, "[");
-    feed_arg fa = {csv};
-    rc = es_blob_get_range(app->blob, key, m.offset, m.length, feed_sink, &fa);
-    if (!rc) rc = es_csv_finish(csv);
-    if (w.rc) rc = w.rc;
-    if (rc) {
-        es_job_fail(ctx, false, "read_failed", "upload %s batch %lld: %s", m.upload,
-                    (long long)m.seq, es_csv_error(csv)[0] ? es_csv_error(csv) : es_strerror(rc));
+    /* a big group is read by two parts side by side (the message says where
+     * the second begins), each with its own parser, objects and spool */
+    w->nparts = m.split ? 2 : 1;
+    w->parts[0].end = m.split ? m.split : m.count;
+    w->parts[0].offset = m.offset;
+    w->parts[0].length = m.split ? m.split_off - m.offset : m.length;
+    w->parts[0].line = m.line;
+    if (m.split) {
+        batch_part *p = &w->parts[1];
+        p->first = p->cur = m.split;
+        p->end = m.count;
+        p->offset = m.split_off;
+        p->length = m.offset + m.length - m.split_off;
+        p->line = m.cuts[m.split - 1];
+    }
+    pthread_t helper;
+    bool threaded = w->nparts > 1 && pthread_create(&helper, NULL, read_part, &w->parts[1]) == 0;
+    read_part(&w->parts[0]);
+    if (threaded)
+        pthread_join(helper, NULL);
+    else if (w->nparts > 1)
+        read_part(&w->parts[1]);
+    for (int i = 0; i < w->nparts; i++) {
+        const batch_part *p = &w->parts[i];
+        if (p->rc) {
+            es_job_fail(ctx, false, p->failure, "%s", p->why);
+            rc = p->rc;
+            goto out;
+        }
+    }
+    if ((rc = writer_finish(&w->objects))) {
+        es_job_fail(ctx, false, "blob_failed", "upload %s: cannot store %s (%s)", m.upload,
+                    w->objects.failed_key, es_strerror(rc));
         goto out;
     }
-    while (!rc && w.cur < m.count)
-        rc = end_batch(&w);
-    if (rc) {
-        es_job_fail(ctx, false, "blob_failed", "upload %s batch %lld: cannot store its object (%s)",
-                    m.upload, (long long)(m.seq + w.cur), es_strerror(rc));
-        goto out;
-    }
-    rc = load_batch(ctx, &w, &m);
-    if (w.big_cache) { /* back to the default: the pooled connection lives on */
+    rc = load_batch(ctx, w, &m);
+    if (w->big_cache) { /* back to the default: the pooled connection lives on */
         es_store_conn *c;
         if (es_job_ctx_conn(ctx, &c) == ES_OK)
             es_store_exec(c, "PRAGMA cache_size = -2000", 0, NULL, NULL);
     }
 out:
-    es_csv_destroy(csv);
-    if (w.spool) fclose(w.spool);
-    json_decref(w.header);
-    es_buf_finish(&w.copy);
-    es_buf_finish(&w.json);
-    es_buf_finish(&w.rejects);
-    es_buf_finish(&w.scratch);
-    es_buf_finish(&w.part);
-    free(w.segs);
+    for (int i = 0; i < PARSE_PARTS; i++) {
+        batch_part *p = &w->parts[i];
+        es_csv_destroy(p->csv);
+        if (p->spool) fclose(p->spool);
+        es_buf_finish(&p->copy);
+        es_buf_finish(&p->json);
+        es_buf_finish(&p->rejects);
+        es_buf_finish(&p->scratch);
+        es_buf_finish(&p->sorted);
+    }
+    writer_destroy(&w->objects);
+    json_decref(w->header);
+    es_buf_finish(&w->copy);
+    free(w->segs);
+    free(w);
     return rc;
 }
 

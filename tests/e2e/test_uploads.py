@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import requests
 
@@ -24,6 +25,10 @@ HEADER = "name,governmentId,email,debtAmount,debtDueDate,debtId\n"
 def row(i, amount="10.00", due="2024-01-31", email=None):
     uid = f"00000000-0000-4000-8000-{i:012d}"
     return f"Name {i},{10000000000 + i},{email or f'p{i}@example.com'},{amount},{due},{uid}\n"
+
+
+def uuid_from(rnd):
+    return uuid.UUID(int=rnd.getrandbits(128), version=4)
 
 
 def upload(s, body, dataset="debts", ctype="text/csv", headers=None, path="/v1/uploads"):
@@ -106,6 +111,74 @@ def test_same_file_twice_is_all_duplicates(start_server):
     assert c["rows"] == {"total": 111, "inserted": 59, "duplicate": 52, "rejected": 0}
     assert table_count(s) == 259
     assert int(s.sql1("SELECT count(DISTINCT debt_id) FROM ds_debts")) == 259
+
+
+def test_big_group_two_readers_key_ranges_and_exact_batch_counts(start_server):
+    """150 batches of 10 rows make one job on SQLite: read by two parts side by
+    side and loaded key range by key range.  Every batch's ledger row must
+    still say exactly what became of its own rows: a new file (all new), the
+    same file again (all duplicates), and an overlapping file with a key twice
+    (some of each, loaded batch by batch)."""
+    s = start_server(env={"ESTEIRA_BATCH_ROWS": "10"})
+    rnd = random.Random(11)
+    keys = [str(uuid_from(rnd)) for _ in range(1500)]
+
+    def line(i, key, amount="10.00"):
+        return f"Name {i},{10000000000 + i},p{i}@example.com,{amount},2024-01-31,{key}\n"
+
+    bad = {3, 740, 760, 1499}  # rejects in both halves of the group
+    body = HEADER + "".join(line(i, k, "x" if i in bad else "10.00") for i, k in enumerate(keys))
+
+    def ledger(uid):
+        return [tuple(int(v) for v in r) for r in s.sql(
+            "SELECT seq, rows, inserted, duplicate, rejected FROM upload_batches"
+            f" WHERE upload_id = '{uid}' ORDER BY seq")]
+
+    a = wait_done(s, upload(s, body.encode()).json()["id"])
+    assert a["status"] == "done", a
+    assert a["rows"] == {"total": 1500, "inserted": 1496, "duplicate": 0, "rejected": 4}
+    assert a["batches"] == {"total": 150, "done": 150, "failed": 0}
+    want = [(b + 1, 10, 10 - nb, 0, nb)
+            for b in range(150) for nb in [sum(1 for i in bad if i // 10 == b)]]
+    assert ledger(a["id"]) == want
+    # one job, read from two places at once
+    payload = s.sql1(f"SELECT payload FROM jobs WHERE payload LIKE '%{a['id']}%'")
+    assert json.loads(payload)["split"] == [75, len((HEADER + "".join(
+        line(i, k, "x" if i in bad else "10.00") for i, k in enumerate(keys[:750]))).encode())]
+    assert table_count(s) == 1496
+    # each row at its own line, objects of both halves written
+    assert s.sql1(f"SELECT line FROM ds_debts WHERE debt_id = '{keys[1234]}'") == "1236"
+    blobs = os.path.join(s.data_dir, "blobs", "uploads", a["id"])
+    for n in (1, 75, 76, 150):
+        with open(os.path.join(blobs, f"batch-{n:06d}.json")) as f:
+            got = [r["debtId"] for r in json.load(f)]
+        assert got == [k for i, k in enumerate(keys[(n - 1) * 10:n * 10], (n - 1) * 10)
+                       if i not in bad]
+    rejects = s.get(f"/v1/uploads/{a['id']}/rejects").text.splitlines()
+    assert [r.split(",")[0] for r in rejects[1:]] == [str(i + 2) for i in sorted(bad)]
+
+    b = wait_done(s, upload(s, body.encode()).json()["id"])
+    assert b["rows"] == {"total": 1500, "inserted": 0, "duplicate": 1496, "rejected": 4}
+    assert ledger(b["id"]) == [(q, n, 0, n - r, r) for q, n, _, _, r in want]
+
+    # the second half again, new keys after it, and one new key twice: some
+    # of each in one group
+    more = [str(uuid_from(rnd)) for _ in range(749)]
+    rows3 = keys[750:] + more + [more[0]]
+    body3 = HEADER + "".join(line(i, k) for i, k in enumerate(rows3))
+    c = wait_done(s, upload(s, body3.encode()).json()["id"])
+    seen = {k for i, k in enumerate(keys) if i not in bad}
+    exp = []
+    for bi in range(len(rows3) // 10):
+        ins = 0
+        for k in rows3[bi * 10:(bi + 1) * 10]:
+            ins += k not in seen
+            seen.add(k)
+        exp.append((bi + 1, 10, ins, 10 - ins, 0))
+    assert ledger(c["id"]) == exp
+    # the rejected 760 and 1499 of the first file are new; more[0] is there twice
+    assert c["rows"] == {"total": 1500, "inserted": 751, "duplicate": 749, "rejected": 0}
+    assert table_count(s) == 1496 + 751
 
 
 def test_rejects_name_line_column_and_reason(start_server):
