@@ -136,12 +136,14 @@ typedef struct batch_ctx {
     size_t accepted, seen;
     size_t *by_type;
     json_t *rejected;
+    json_t *errs; /* one event's problems (reused: most events have none) */
 } batch_ctx;
 
 static int take(batch_ctx *b, const json_t *v, const char *parse_error)
 {
     size_t index = b->seen++;
-    json_t *errs = json_array();
+    json_t *errs = b->errs;
+    json_array_clear(errs);
     int rc = ES_EINVAL;
     if (parse_error) {
         json_array_append_new(errs, json_pack("{s:s, s:s}", "field", "", "problem", parse_error));
@@ -155,9 +157,8 @@ static int take(batch_ctx *b, const json_t *v, const char *parse_error)
         }
     }
     if (rc == ES_EINVAL)
-        json_array_append_new(b->rejected,
-                              json_pack("{s:I, s:O}", "index", (json_int_t)index, "errors", errs));
-    json_decref(errs);
+        json_array_append_new(b->rejected, json_pack("{s:I, s:o}", "index", (json_int_t)index,
+                                                     "errors", json_deep_copy(errs)));
     return rc == ES_EINVAL ? ES_OK : rc;
 }
 
@@ -182,10 +183,15 @@ int api_events_batch(es_req *r)
     batch_ctx b = {.rules = es_events_rules(app->events),
                    .tenant = es_req_tenant(r),
                    .now = es_now_ms(),
-                   .rejected = json_array()};
+                   .rejected = json_array(),
+                   .errs = json_array()};
     b.by_type = calloc(b.rules->ntypes, sizeof *b.by_type);
     es_buf_init(&b.rows, 0);
-    int rc = b.by_type && b.rejected ? ES_OK : ES_ENOMEM;
+    size_t body_len = 0;
+    es_req_body(r, &body_len);
+    /* a row is about the event's JSON plus its id and times: one allocation */
+    int rc = b.by_type && b.rejected && b.errs ? es_buf_reserve(&b.rows, body_len + body_len / 2)
+                                               : ES_ENOMEM;
     size_t count = 0;
 
     if (!rc && arr) {
@@ -285,6 +291,7 @@ too_many:
 fail:
     rc = es_reply_err(r, rc, NULL);
 done:
+    json_decref(b.errs);
     json_decref(b.rejected);
     free(b.by_type);
     es_buf_finish(&b.rows);
