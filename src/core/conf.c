@@ -87,7 +87,7 @@ static const es_conf_entry table[] = {
     {"batch_bytes", ES_CONF_SIZE, F(batch_bytes), "4MB", 4 * KB, 1 * GB, NULL, 0,
      "a batch is also cut when its rows reach this many bytes of the file"},
     {"batches_per_job", ES_CONF_INT, F(batches_per_job), "0", 0, 1000, NULL, 0,
-     "consecutive batches one job loads in one transaction (0 = auto: 250 on sqlite:, 8 "
+     "consecutive batches one job loads in one transaction (0 = auto: 1000 on sqlite:, 8 "
      "elsewhere; SQLite pays per commit for every index page a batch touches)"},
     {"csv_max_field", ES_CONF_SIZE, F(csv_max_field), "64KB", 16, 64 * MB, NULL, 0,
      "longest CSV field (a longer one fails the upload, naming its line)"},
