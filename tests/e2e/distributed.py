@@ -3,6 +3,7 @@
 They run when ESTEIRA_TEST_DISTRIBUTED=1 and the servers of scripts/services
 are up (scripts/test does both); each test gets a fresh database, RabbitMQ
 vhost and Redis db, so tests never see each other's jobs or queues."""
+import atexit
 import os
 import random
 import subprocess
@@ -39,6 +40,19 @@ def psql(sql, env=None, db=None):
                           timeout=60).stdout.strip()
 
 
+_created = []  # (database, env) made by fresh_backends, dropped when the run ends
+
+
+@atexit.register
+def _drop_databases():
+    # best effort: private servers are gone by now, and that is fine
+    for db, env in _created:
+        try:
+            psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', env=env)
+        except Exception:
+            pass
+
+
 def fresh_backends(env=None):
     """ESTEIRA_* settings for a fresh database, vhost and Redis db on the
     servers that `scripts/services env` describes (env: SERVICES_* overrides)."""
@@ -49,6 +63,7 @@ def fresh_backends(env=None):
     redis_port = e.get("SERVICES_REDIS_PORT", e.get("REDIS_PORT", "63799"))
     tag = "e2e_" + uuid.uuid4().hex[:10]
     psql(f"CREATE DATABASE {tag}", env=env)
+    _created.append((tag, env))
     services("rabbitmqctl", "add_vhost", tag, env=env)
     services("rabbitmqctl", "set_permissions", "-p", tag, "guest", ".*", ".*", ".*", env=env)
     s3 = e.get("S3_ENDPOINT", "http://127.0.0.1:49000")
