@@ -52,7 +52,7 @@ typedef struct es_event_rules {
 /* Checks one event (a JSON value from a client) and, when it is valid,
  * appends its row to row and its id to id_out (the eventId it carried, or a
  * new UUIDv7).  Otherwise appends {field, problem} for every problem to errs
- * (fields named prefix + name, e.g. "userId") and returns ES_EINVAL; row is
+ * (fields by name, e.g. "userId"; errs may be NULL) and returns ES_EINVAL; row is
  * left as it was.  *type_out = the index of its type in rules->types. */
 int es_event_check(const es_event_rules *rules, const json_t *ev, const char *tenant,
                    int64_t now_ms, es_buf *row, char id_out[ES_UUID_LEN + 1], size_t *type_out,

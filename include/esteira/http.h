@@ -86,6 +86,9 @@ const char *es_req_raw_query(es_req *r); /* "" when none */
 const char *es_req_query(es_req *r, const char *name);
 /* The buffered body (buffered routes). */
 const char *es_req_body(es_req *r, size_t *len);
+/* The request's Content-Type is this media type (case aside; parameters
+ * such as "; charset=utf-8" allowed). */
+bool es_req_media_is(es_req *r, const char *type);
 /* Parses the body as a JSON object/array (depth-bounded).  On failure it has
  * already answered 400 (malformed) or 415 (not JSON) and returns an error. */
 int es_req_json(es_req *r, json_t **out);

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "esteira/app.h"
 #include "esteira/err.h"
@@ -121,13 +120,6 @@ static void batch_done(void *arg, int err)
     free(a);
 }
 
-static bool media_is(const char *ctype, const char *want)
-{
-    size_t n = strlen(want);
-    return ctype && strncasecmp(ctype, want, n) == 0 &&
-           (ctype[n] == 0 || ctype[n] == ';' || ctype[n] == ' ');
-}
-
 typedef struct batch_ctx {
     const es_event_rules *rules;
     const char *tenant;
@@ -166,10 +158,9 @@ int api_events_batch(es_req *r)
 {
     es_app *app = es_req_app(r);
     const es_config *cfg = app->cfg;
-    const char *ctype = es_req_header(r, "Content-Type");
-    bool ndjson = media_is(ctype, "application/x-ndjson") ||
-                  media_is(ctype, "application/ndjson") || media_is(ctype, "application/jsonl") ||
-                  media_is(ctype, "application/json-seq");
+    bool ndjson =
+        es_req_media_is(r, "application/x-ndjson") || es_req_media_is(r, "application/ndjson") ||
+        es_req_media_is(r, "application/jsonl") || es_req_media_is(r, "application/json-seq");
     json_t *arr = NULL;
     if (!ndjson) {
         if (es_req_json(r, &arr)) return ES_EINVAL;

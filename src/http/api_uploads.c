@@ -73,20 +73,13 @@ static int on_part(es_req *r, const char *name, const char *filename, const char
     return s->in_file ? feed(r, s, data, len) : ES_OK;
 }
 
-static bool media_is(const char *ctype, const char *want)
-{
-    size_t n = strlen(want);
-    return ctype && strncasecmp(ctype, want, n) == 0 && (ctype[n] == 0 || ctype[n] == ';');
-}
-
 int api_uploads_start(es_req *r)
 {
     es_app *app = es_req_app(r);
     const char *dataset = es_req_query(r, "dataset");
-    const char *ctype = es_req_header(r, "Content-Type");
-    bool multipart = media_is(ctype, "multipart/form-data");
-    if (!multipart && !media_is(ctype, "text/csv") && !media_is(ctype, "application/csv") &&
-        !media_is(ctype, "text/plain") && !media_is(ctype, "application/octet-stream"))
+    bool multipart = es_req_media_is(r, "multipart/form-data");
+    if (!multipart && !es_req_media_is(r, "text/csv") && !es_req_media_is(r, "application/csv") &&
+        !es_req_media_is(r, "text/plain") && !es_req_media_is(r, "application/octet-stream"))
         return es_reply_error(r, 415, "unsupported_media_type",
                               "send the file as text/csv or as a multipart/form-data part", NULL);
     if (!dataset) {

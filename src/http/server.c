@@ -825,6 +825,17 @@ const char *es_req_body(es_req *r, size_t *len)
     return es_buf_cstr(&r->body);
 }
 
+bool es_req_media_is(es_req *r, const char *type)
+{
+    const char *ct = es_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ct) return false;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strlen(type);
+    return strncasecmp(ct, type, n) == 0 &&
+           (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
+}
+
 /* application/json, or any application/…+json, parameters allowed */
 static bool content_type_json(const char *ct)
 {

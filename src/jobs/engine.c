@@ -503,62 +503,55 @@ release:
     return rc;
 }
 
-int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
-                     char id[ES_UUID_LEN + 1])
+/* One job row and its first history entry, in the caller's transaction:
+ * queued (its message is sent after the commit), or dead from the start
+ * (published = 1: nothing to send until it is re-driven). */
+static int insert_job(es_engine *e, es_store_conn *c, const es_job_req *req, bool dead,
+                      int attempts, const char *error_type, const char *error_message,
+                      char id[ES_UUID_LEN + 1])
 {
     kind_rt *k = find_kind(e, req->kind ? req->kind : "");
     if (!k || !req->tenant) return ES_EINVAL;
-    char now_s[24], max_s[16], ra[24];
+    char now_s[24], max_s[16], att[16], ra[24];
     es_uuid7(id);
     int64_t now = es_now_ms();
+    const char *status = dead ? "dead" : "queued";
     const char *p[] = {id,
                        req->tenant,
                        k->name,
+                       status,
+                       ES_I64(att, attempts),
                        ES_I64(max_s, req->max_attempts > 0 ? req->max_attempts : k->max_attempts),
                        req->payload ? req->payload : "{}",
                        req->idempotency_key,
                        req->trace_id,
-                       req->delay_ms > 0 ? ES_I64(ra, now + req->delay_ms) : NULL,
+                       !dead && req->delay_ms > 0 ? ES_I64(ra, now + req->delay_ms) : NULL,
+                       error_type,
+                       error_message,
+                       dead ? "1" : "0",
                        ES_I64(now_s, now)};
-    int rc =
-        es_store_exec(c,
-                      "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts, payload,"
-                      " idempotency_key, trace_id, run_after, published, created_ms, updated_ms)"
-                      " VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, 0, $9, $9)",
-                      9, p, NULL);
-    if (!rc) rc = add_event(c, id, "queued", 0, NULL, NULL, -1, now);
+    int rc = es_store_exec(c,
+                           "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
+                           " payload, idempotency_key, trace_id, run_after, error_type,"
+                           " error_message, published, created_ms, updated_ms) VALUES ($1, $2,"
+                           " $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+                           14, p, NULL);
+    if (!rc) rc = add_event(c, id, status, attempts, error_type, error_message, -1, now);
+    if (!rc && dead) count_transition(k->name, "dead");
     return rc;
+}
+
+int es_job_insert_tx(es_engine *e, es_store_conn *c, const es_job_req *req,
+                     char id[ES_UUID_LEN + 1])
+{
+    return insert_job(e, c, req, false, 0, NULL, NULL, id);
 }
 
 int es_job_insert_dead_tx(es_engine *e, es_store_conn *c, const es_job_req *req, int attempts,
                           const char *error_type, const char *error_message,
                           char id[ES_UUID_LEN + 1])
 {
-    kind_rt *k = find_kind(e, req->kind ? req->kind : "");
-    if (!k || !req->tenant) return ES_EINVAL;
-    char now_s[24], max_s[16], att[16];
-    es_uuid7(id);
-    int64_t now = es_now_ms();
-    const char *p[] = {id,
-                       req->tenant,
-                       k->name,
-                       ES_I64(att, attempts),
-                       ES_I64(max_s, req->max_attempts > 0 ? req->max_attempts : k->max_attempts),
-                       req->payload ? req->payload : "{}",
-                       req->trace_id,
-                       error_type,
-                       error_message,
-                       ES_I64(now_s, now)};
-    /* published = 1: there is no message to send until it is re-driven */
-    int rc = es_store_exec(c,
-                           "INSERT INTO jobs (id, tenant, kind, status, attempts, max_attempts,"
-                           " payload, trace_id, error_type, error_message, published, created_ms,"
-                           " updated_ms) VALUES ($1, $2, $3, 'dead', $4, $5, $6, $7, $8, $9, 1,"
-                           " $10, $10)",
-                           10, p, NULL);
-    if (!rc) rc = add_event(c, id, "dead", attempts, error_type, error_message, -1, now);
-    if (!rc) count_transition(k->name, "dead");
-    return rc;
+    return insert_job(e, c, req, true, attempts, error_type, error_message, id);
 }
 
 #define PUBLISH_GROUP 256

@@ -36,12 +36,9 @@ const char *const es_event_cols[ES_EVENT_NCOLS] = {"tenant",      "id",         
 
 /* ------------------------------------------------------------------ validation */
 
-static void problem(json_t *errs, const char *prefix, const char *field, const char *what)
+static void problem(json_t *errs, const char *field, const char *what)
 {
-    if (!errs) return;
-    char name[96];
-    snprintf(name, sizeof name, "%s%s", prefix ? prefix : "", field);
-    json_array_append_new(errs, json_pack("{s:s, s:s}", "field", name, "problem", what));
+    if (errs) json_array_append_new(errs, json_pack("{s:s, s:s}", "field", field, "problem", what));
 }
 
 static size_t utf8_chars(const char *s)
@@ -59,31 +56,31 @@ static const char *check_text(const json_t *ev, const char *key, bool required, 
     const json_t *v = json_object_get(ev, key);
     if (!v || json_is_null(v)) {
         if (required) {
-            problem(errs, NULL, key, "required");
+            problem(errs, key, "required");
             *bad = true;
         }
         return NULL;
     }
     if (!json_is_string(v)) {
-        problem(errs, NULL, key, "must be a string");
+        problem(errs, key, "must be a string");
         *bad = true;
         return NULL;
     }
     const char *s = json_string_value(v);
     if (!*s) {
-        problem(errs, NULL, key, "must not be empty");
+        problem(errs, key, "must not be empty");
         *bad = true;
         return NULL;
     }
     if (strlen(s) != json_string_length(v)) { /* an embedded NUL */
-        problem(errs, NULL, key, "must not contain NUL");
+        problem(errs, key, "must not contain NUL");
         *bad = true;
         return NULL;
     }
     if (utf8_chars(s) > max) {
         char msg[64];
         snprintf(msg, sizeof msg, "longer than %zu characters", max);
-        problem(errs, NULL, key, msg);
+        problem(errs, key, msg);
         *bad = true;
         return NULL;
     }
@@ -98,7 +95,7 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
                    json_t *errs)
 {
     if (!json_is_object(ev)) {
-        problem(errs, NULL, "", "an event must be a JSON object");
+        problem(errs, "", "an event must be a JSON object");
         return ES_EINVAL;
     }
     /* problems are named with their field only; the caller adds an index */
@@ -112,7 +109,7 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
         for (size_t i = 0; i < ES_ARRAY_LEN(known_fields) && !known; i++)
             known = strcmp(key, known_fields[i]) == 0;
         if (!known) {
-            problem(errs, NULL, key, "unknown field");
+            problem(errs, key, "unknown field");
             bad = true;
         }
     }
@@ -122,10 +119,10 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
     size_t type = rules->ntypes;
     const json_t *t = json_object_get(ev, "eventType");
     if (!t || json_is_null(t)) {
-        problem(errs, NULL, "eventType", "required");
+        problem(errs, "eventType", "required");
         bad = true;
     } else if (!json_is_string(t)) {
-        problem(errs, NULL, "eventType", "must be a string");
+        problem(errs, "eventType", "must be a string");
         bad = true;
     } else {
         for (size_t i = 0; i < rules->ntypes && type == rules->ntypes; i++)
@@ -137,7 +134,7 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
                 o += (size_t)snprintf(msg + o, sizeof msg - o, "%s %s", i ? "," : "",
                                       rules->types[i]);
             if (o < sizeof msg) snprintf(msg + o, sizeof msg - o, ")");
-            problem(errs, NULL, "eventType", msg);
+            problem(errs, "eventType", msg);
             bad = true;
         }
     }
@@ -146,7 +143,7 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
     const json_t *d = json_object_get(ev, "eventData");
     if (d && !json_is_null(d)) {
         if (!json_is_object(d)) {
-            problem(errs, NULL, "eventData", "must be an object");
+            problem(errs, "eventData", "must be an object");
             bad = true;
         } else {
             data = json_dumps(d, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -154,7 +151,7 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
             if (strlen(data) > rules->data_max) {
                 char msg[64];
                 snprintf(msg, sizeof msg, "larger than %zu bytes", rules->data_max);
-                problem(errs, NULL, "eventData", msg);
+                problem(errs, "eventData", msg);
                 bad = true;
             }
         }
@@ -164,7 +161,7 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
     const json_t *e = json_object_get(ev, "eventId");
     if (e && !json_is_null(e)) {
         if (!json_is_string(e) || !es_uuid_valid(json_string_value(e))) {
-            problem(errs, NULL, "eventId", "must be a UUID");
+            problem(errs, "eventId", "must be a UUID");
             bad = true;
         } else {
             for (size_t i = 0; i < ES_UUID_LEN; i++)
@@ -182,11 +179,11 @@ int es_event_check(const es_event_rules *rules, const json_t *ev, const char *te
         else if (json_is_integer(o))
             ok = (occurred = json_integer_value(o)) >= 0;
         if (!ok) {
-            problem(errs, NULL, "occurredAt",
+            problem(errs, "occurredAt",
                     "must be an RFC 3339 time (2026-11-22T10:00:00Z) or milliseconds since 1970");
             bad = true;
         } else if (occurred < 0 || occurred > now_ms + FUTURE_MAX_MS) {
-            problem(errs, NULL, "occurredAt", "more than 24 hours ahead, or before 1970");
+            problem(errs, "occurredAt", "more than 24 hours ahead, or before 1970");
             bad = true;
         }
     }

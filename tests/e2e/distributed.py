@@ -7,12 +7,11 @@ import atexit
 import os
 import random
 import subprocess
-import threading
-import time
 import uuid
 
 import pytest
-import requests
+
+from load import RetryingLoad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVICES = os.path.join(ROOT, "scripts", "services")
@@ -78,57 +77,21 @@ def fresh_backends(env=None):
     }
 
 
-class Submitter:
+class Submitter(RetryingLoad):
     """Submits n no-op jobs from several threads, each with its own
     Idempotency-Key, retrying every failure (503 while a backend restarts,
     refused connections) until accepted: at the end exactly n jobs exist."""
 
     def __init__(self, url, n, threads=16, payload=None, prefix=None):
-        self.url, self.n, self.threads = url, n, threads
+        super().__init__(url, n, threads)
         self.payload = payload or {}
         self.prefix = prefix or uuid.uuid4().hex[:8]
         self.accepted = 0
-        self.retries = 0
-        self.lock = threading.Lock()
-        self.next = 0
-        self.errors = []
-        self.workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def start(self):
-        for t in self.workers:
-            t.start()
-        return self
+    def attempt(self, session, i):
+        r = session.post(self.url + "/v1/jobs", json={"kind": "noop", "payload": self.payload},
+                         headers={"Idempotency-Key": f"{self.prefix}-{i}"}, timeout=30)
+        return r.status_code in (200, 201)
 
-    def _take(self):
-        with self.lock:
-            if self.next >= self.n:
-                return None
-            i = self.next
-            self.next += 1
-            return i
-
-    def _run(self):
-        s = requests.Session()
-        while (i := self._take()) is not None:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    r = s.post(self.url + "/v1/jobs", json={"kind": "noop", "payload": self.payload},
-                               headers={"Idempotency-Key": f"{self.prefix}-{i}"}, timeout=30)
-                    if r.status_code in (200, 201):
-                        break
-                except requests.RequestException:
-                    s = requests.Session()
-                with self.lock:
-                    self.retries += 1
-                if time.monotonic() > deadline:
-                    self.errors.append(i)
-                    break
-                time.sleep(0.2)
-            with self.lock:
-                self.accepted += 1
-
-    def join(self, timeout=600):
-        for t in self.workers:
-            t.join(timeout)
-        return self
+    def accepted_item(self, i):
+        self.accepted += 1
