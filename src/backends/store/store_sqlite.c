@@ -81,7 +81,9 @@ struct sq_store {
     /* the checkpointer: copies the WAL back into the database off the commit path */
     pthread_t ckpt_thread;
     bool ckpt_started, ckpt_stop;
-    int wal_pages; /* WAL size after the last commit, from the WAL hook */
+    bool ckpt_wanted; /* a commit passed ckpt_pages since the checkpointer last looked */
+    int wal_pages;    /* WAL size after the last commit, from the WAL hook */
+    int ckpt_pages;   /* the WAL size that wakes the checkpointer */
     pthread_mutex_t ckpt_mu;
     pthread_cond_t ckpt_cv;
     es_pool pool;
@@ -312,18 +314,19 @@ static int journal_cb(void *arg, int n, char **vals, char **names)
     return 0;
 }
 
-#define CKPT_PAGES    16384            /* wake the checkpointer at this WAL size (64 MB) */
-#define CKPT_INLINE   (8 * CKPT_PAGES) /* it fell behind: the committer helps */
-#define CKPT_EVERY_MS 10000            /* and checkpoint at least this often */
+#define CKPT_PAGES    16384 /* wake the checkpointer at this WAL size (64 MB) */
+#define CKPT_INLINE   8     /* x ckpt_pages: it fell behind, the committer helps */
+#define CKPT_EVERY_MS 10000 /* and checkpoint at least this often */
 
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     sq_store *s = arg;
     __atomic_store_n(&s->wal_pages, pages, __ATOMIC_RELAXED);
-    if (pages >= CKPT_INLINE) {
+    if (pages >= CKPT_INLINE * s->ckpt_pages) {
         sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    } else if (pages >= CKPT_PAGES) {
+    } else if (pages >= s->ckpt_pages) {
         pthread_mutex_lock(&s->ckpt_mu);
+        s->ckpt_wanted = true; /* not lost while the checkpointer is busy */
         pthread_cond_signal(&s->ckpt_cv);
         pthread_mutex_unlock(&s->ckpt_mu);
     }
@@ -341,19 +344,29 @@ static void *checkpointer_main(void *arg)
         return NULL;
     }
     sqlite3_busy_timeout(db, s->busy_ms);
+    /* A connection opens the WAL when it first reads the database; until
+     * then a checkpoint through it does nothing and reports -1 frames. */
+    if (sqlite3_exec(db, "PRAGMA schema_version", NULL, NULL, NULL) != SQLITE_OK)
+        es_warn(COMP, "sqlite: checkpointer cannot read %s: %s", s->path, sqlite3_errmsg(db));
     pthread_mutex_lock(&s->ckpt_mu);
     while (!s->ckpt_stop) {
-        struct timespec ts;
-        es_deadline(&ts, CKPT_EVERY_MS);
-        pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
-        if (s->ckpt_stop || __atomic_load_n(&s->wal_pages, __ATOMIC_RELAXED) == 0) continue;
+        if (!s->ckpt_wanted) {
+            struct timespec ts;
+            es_deadline(&ts, CKPT_EVERY_MS);
+            pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
+        }
+        bool woken = s->ckpt_wanted;
+        s->ckpt_wanted = false;
+        int seen = __atomic_load_n(&s->wal_pages, __ATOMIC_RELAXED);
+        if (s->ckpt_stop || (!woken && seen == 0)) continue;
         pthread_mutex_unlock(&s->ckpt_mu);
         int log = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             es_warn(COMP, "sqlite: checkpoint of %s: %s", s->path, sqlite3_errmsg(db));
-        else if (log == done)
-            __atomic_store_n(&s->wal_pages, 0, __ATOMIC_RELAXED);
+        else if (log >= 0 && log == done) /* unless a commit came meanwhile */
+            __atomic_compare_exchange_n(&s->wal_pages, &seen, 0, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED);
         pthread_mutex_lock(&s->ckpt_mu);
     }
     pthread_mutex_unlock(&s->ckpt_mu);
@@ -451,13 +464,18 @@ static int parse_query(sq_store *s, char *q)
         } else if (strcmp(kv, "busy_timeout") == 0) {
             if (es_parse_i64(v, 0, 600000, &n) != ES_OK) goto bad;
             s->busy_ms = (int)n;
+        } else if (strcmp(kv, "checkpoint_pages") == 0) {
+            if (es_parse_i64(v, 1, 1 << 24, &n) != ES_OK) goto bad;
+            s->ckpt_pages = (int)n;
         } else {
             goto bad;
         }
         continue;
     bad:
-        es_error(COMP, "sqlite: bad URL option '%s' (known: pool=1..%d, busy_timeout=ms)", kv,
-                 POOL_MAX);
+        es_error(COMP,
+                 "sqlite: bad URL option '%s' (known: pool=1..%d, busy_timeout=ms, "
+                 "checkpoint_pages=N)",
+                 kv, POOL_MAX);
         return ES_EINVAL;
     }
     return ES_OK;
@@ -520,6 +538,7 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
     if (!s) return ES_ENOMEM;
     s->pool_max = POOL_DEFAULT;
     s->busy_ms = BUSY_MS_DEFAULT;
+    s->ckpt_pages = CKPT_PAGES;
     pthread_mutex_init(&s->writer_mu, NULL);
     pthread_mutex_init(&s->ckpt_mu, NULL);
     es_cond_init(&s->ckpt_cv);
