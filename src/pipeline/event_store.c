@@ -119,10 +119,12 @@ static int insert_events(const es_store *s, es_store_conn *c, const char *rows, 
         es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS, rows, len, inserted);
     if (rc || !*inserted) return rc;
     const char *p[] = {since};
+    /* NOT INDEXED: the planner would rather scan the whole (tenant, user_id,
+     * event_type, …) index for its order than seek the new rowids */
     return es_store_exec(c,
                          "INSERT INTO event_counts (tenant, event_type, n)"
                          " SELECT tenant, event_type, count(*) FROM " ES_EVENTS_TABLE
-                         " WHERE rowid > $1 GROUP BY tenant, event_type"
+                         " NOT INDEXED WHERE rowid > $1 GROUP BY tenant, event_type"
                          " ON CONFLICT (tenant, event_type) DO UPDATE SET n = n + excluded.n",
                          1, p, NULL);
 }
@@ -141,12 +143,6 @@ static int store_rows(es_events *ev, const char *rows, size_t len, size_t events
      * A connection that flushed keeps the larger cache. */
     bool sqlite = es_store_dialect(ev->app->store) == ES_DIALECT_SQLITE;
     if (sqlite) es_store_exec(c, "PRAGMA cache_size = -" SQLITE_FLUSH_CACHE_KB, 0, NULL, NULL);
-    /* SQLite: the rows go in under a savepoint, whose journal of the pages
-     * it changes is a temporary file - written page by page, it took two
-     * thirds of a flush's time.  A flush changes a few MB at most, so its
-     * journal stays in memory; other work on the connection (a whole upload
-     * group under one savepoint) keeps the file. */
-    if (sqlite) es_store_exec(c, "PRAGMA temp_store = MEMORY", 0, NULL, NULL);
     if ((rc = es_store_begin(c))) goto release;
     rc = insert_events(ev->app->store, c, rows, len, inserted);
     int64_t took_ms = (es_mono_us() - t0) / 1000;
@@ -154,7 +150,6 @@ static int store_rows(es_events *ev, const char *rows, size_t len, size_t events
     if (!rc) rc = add_flush_stats(c, events, *inserted, age_ms, took_ms);
     rc = rc ? (es_store_rollback(c), rc) : es_store_commit(c);
 release:
-    if (sqlite) es_store_exec(c, "PRAGMA temp_store = DEFAULT", 0, NULL, NULL);
     es_store_release(c);
     return rc;
 }
