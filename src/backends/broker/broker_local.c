@@ -26,6 +26,10 @@
  * retry and release in this process; other processes' messages and delayed
  * ones becoming due are found by polling every POLL_MS.
  *
+ * Checkpoints of queue.db run on a thread of their own (sqlite_ckpt.h): in
+ * a publisher's commit, with their fsync, they made an event's 202 wait up
+ * to 60 ms.
+ *
  * Locks: db_lock may be held while taking wake_lock, never the reverse;
  * gc_lock is never held with either.
  *
@@ -47,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends/sqlite_ckpt.h"
 #include "esteira/broker.h"
 #include "esteira/err.h"
 #include "esteira/log.h"
@@ -57,6 +62,8 @@
 #define RECLAIM_MS      1000 /* how often dead owners' leases are looked for */
 #define LEASE_BATCH_MAX 64   /* rows leased by one transaction when prefetch allows */
 #define BUSY_TIMEOUT_MS 10000
+#define CKPT_PAGES      16384 /* WAL pages (64 MB) that wake the checkpointer */
+#define CKPT_EVERY_MS   10000 /* and checkpoint at least this often */
 #define OWNERS_MAX      1024 /* distinct lease owners examined per round */
 #define SCHEMA_VERSION  1
 
@@ -166,6 +173,8 @@ typedef struct lq {
 
     pthread_mutex_t wake_lock; /* the consumers list and their wait state */
     lq_consumer *consumers;
+
+    es_ckpt *ckpt; /* checkpoints queue.db off the publishers' commits */
 
     pthread_mutex_t keeper_lock; /* the reclaimer thread */
     pthread_cond_t keeper_cond;
@@ -538,6 +547,10 @@ static int lq_open(const char *url, const es_config *cfg, void **ctx)
     snprintf(path, sizeof path, "%s/queue.db", dir);
     pthread_mutex_lock(&q->db_lock);
     err = db_setup(q, path);
+    if (!err) {
+        q->ckpt = es_ckpt_start(path, CKPT_PAGES, CKPT_EVERY_MS, BUSY_TIMEOUT_MS);
+        es_ckpt_attach(q->ckpt, q->db);
+    }
     pthread_mutex_unlock(&q->db_lock);
     if (err) goto fail;
 
@@ -583,6 +596,7 @@ static void lq_close(void *ctx)
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(q->st[i]);
     if (q->db) sqlite3_close(q->db);
+    es_ckpt_stop(q->ckpt); /* after the connection, whose hook points at it */
     es_buf_finish(&q->hdr);
     pthread_mutex_destroy(&q->db_lock);
     pthread_mutex_destroy(&q->gc_lock);

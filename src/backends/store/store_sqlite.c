@@ -35,6 +35,7 @@
 #include "esteira/err.h"
 #include "esteira/log.h"
 #include "esteira/pool.h"
+#include "backends/sqlite_ckpt.h"
 #include "esteira/store.h"
 #include "esteira/util.h"
 
@@ -78,14 +79,8 @@ struct sq_store {
     pthread_mutex_t writer_mu; /* one writing transaction at a time in this process */
     pthread_t writer_thread;   /* valid while writer_held */
     bool writer_held;
-    /* the checkpointer: copies the WAL back into the database off the commit path */
-    pthread_t ckpt_thread;
-    bool ckpt_started, ckpt_stop;
-    bool ckpt_wanted; /* a commit passed ckpt_pages since the checkpointer last looked */
-    int wal_pages;    /* WAL size after the last commit, from the WAL hook */
-    int ckpt_pages;   /* the WAL size that wakes the checkpointer */
-    pthread_mutex_t ckpt_mu;
-    pthread_cond_t ckpt_cv;
+    es_ckpt *ckpt;  /* copies the WAL back into the database off the commit path */
+    int ckpt_pages; /* the WAL size that wakes it */
     es_pool pool;
 };
 
@@ -315,64 +310,7 @@ static int journal_cb(void *arg, int n, char **vals, char **names)
 }
 
 #define CKPT_PAGES    16384 /* wake the checkpointer at this WAL size (64 MB) */
-#define CKPT_INLINE   8     /* x ckpt_pages: it fell behind, the committer helps */
 #define CKPT_EVERY_MS 10000 /* and checkpoint at least this often */
-
-static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
-{
-    sq_store *s = arg;
-    __atomic_store_n(&s->wal_pages, pages, __ATOMIC_RELAXED);
-    if (pages >= CKPT_INLINE * s->ckpt_pages) {
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    } else if (pages >= s->ckpt_pages) {
-        pthread_mutex_lock(&s->ckpt_mu);
-        s->ckpt_wanted = true; /* not lost while the checkpointer is busy */
-        pthread_cond_signal(&s->ckpt_cv);
-        pthread_mutex_unlock(&s->ckpt_mu);
-    }
-    return SQLITE_OK;
-}
-
-static void *checkpointer_main(void *arg)
-{
-    sq_store *s = arg;
-    sqlite3 *db = NULL;
-    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        es_error(COMP, "sqlite: checkpointer cannot open %s: %s", s->path, sqlite3_errmsg(db));
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, s->busy_ms);
-    /* A connection opens the WAL when it first reads the database; until
-     * then a checkpoint through it does nothing and reports -1 frames. */
-    if (sqlite3_exec(db, "PRAGMA schema_version", NULL, NULL, NULL) != SQLITE_OK)
-        es_warn(COMP, "sqlite: checkpointer cannot read %s: %s", s->path, sqlite3_errmsg(db));
-    pthread_mutex_lock(&s->ckpt_mu);
-    while (!s->ckpt_stop) {
-        if (!s->ckpt_wanted) {
-            struct timespec ts;
-            es_deadline(&ts, CKPT_EVERY_MS);
-            pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
-        }
-        bool woken = s->ckpt_wanted;
-        s->ckpt_wanted = false;
-        int seen = __atomic_load_n(&s->wal_pages, __ATOMIC_RELAXED);
-        if (s->ckpt_stop || (!woken && seen == 0)) continue;
-        pthread_mutex_unlock(&s->ckpt_mu);
-        int log = 0, done = 0;
-        int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-            es_warn(COMP, "sqlite: checkpoint of %s: %s", s->path, sqlite3_errmsg(db));
-        else if (log >= 0 && log == done) /* unless a commit came meanwhile */
-            __atomic_compare_exchange_n(&s->wal_pages, &seen, 0, false, __ATOMIC_RELAXED,
-                                        __ATOMIC_RELAXED);
-        pthread_mutex_lock(&s->ckpt_mu);
-    }
-    pthread_mutex_unlock(&s->ckpt_mu);
-    sqlite3_close(db);
-    return NULL;
-}
 
 static int conn_open(sq_store *s, sq_conn **out)
 {
@@ -406,15 +344,10 @@ static int conn_open(sq_store *s, sq_conn **out)
     if (strcasecmp(mode, "wal") != 0)
         es_warn(COMP, "sqlite: %s is in journal mode '%s', not WAL: writers block readers", s->path,
                 mode);
-    /* Checkpoints: SQLite's default runs one, with an fsync, inside the
-     * commit that pushes the WAL past 1000 pages - the writer lock is held
-     * through it, and every other writer waits.  Here the WAL hook only
-     * notes the WAL's size and wakes the checkpointer thread (see
-     * checkpointer_main), which copies pages back concurrently with writers.
-     * Letting the WAL grow to CKPT_PAGES between checkpoints also lets a page
-     * written by many transactions be copied back once (1M rows under a
-     * random key in 1000-row transactions: 56 s with the default, 19 s with
-     * 16384 pages).  journal_size_limit trims the WAL file after a reset. */
+    /* Checkpoints run off the commit path (src/backends/sqlite_ckpt.h).
+     * Letting the WAL grow to CKPT_PAGES between them also lets a page
+     * written by many transactions be copied back once.  journal_size_limit
+     * trims the WAL file after a reset. */
     rc = sqlite3_exec(c->db,
                       "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
                       " PRAGMA journal_size_limit=67108864",
@@ -423,7 +356,7 @@ static int conn_open(sq_store *s, sq_conn **out)
         fail(c->db, rc, "pragma", NULL);
         goto fail_conn;
     }
-    sqlite3_wal_hook(c->db, wal_hook, s);
+    es_ckpt_attach(s->ckpt, c->db);
     *out = c;
     return ES_OK;
 
@@ -508,13 +441,6 @@ static void sq_close(void *ctx)
 {
     sq_store *s = ctx;
     if (!s) return;
-    if (s->ckpt_started) {
-        pthread_mutex_lock(&s->ckpt_mu);
-        s->ckpt_stop = true;
-        pthread_cond_signal(&s->ckpt_cv);
-        pthread_mutex_unlock(&s->ckpt_mu);
-        pthread_join(s->ckpt_thread, NULL);
-    }
     if (s->pool.idle) {
         int busy = es_pool_in_use(&s->pool);
         if (busy) es_error(COMP, "sqlite: closing with %d connection(s) still in use", busy);
@@ -523,9 +449,8 @@ static void sq_close(void *ctx)
             conn_close(c);
         es_pool_finish(&s->pool);
     }
+    es_ckpt_stop(s->ckpt); /* after the connections, whose hook points at it */
     pthread_mutex_destroy(&s->writer_mu);
-    pthread_mutex_destroy(&s->ckpt_mu);
-    pthread_cond_destroy(&s->ckpt_cv);
     free(s->path);
     free(s);
 }
@@ -540,8 +465,6 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
     s->busy_ms = BUSY_MS_DEFAULT;
     s->ckpt_pages = CKPT_PAGES;
     pthread_mutex_init(&s->writer_mu, NULL);
-    pthread_mutex_init(&s->ckpt_mu, NULL);
-    es_cond_init(&s->ckpt_cv);
 
     int rc = parse_url(s, url);
     if (rc != ES_OK) goto fail_store;
@@ -560,12 +483,10 @@ static int sq_open(const char *url, const es_config *cfg, void **ctx)
         es_pool_drop(&s->pool);
         goto fail_store;
     }
+    /* started once the file exists: the checkpointer opens, never creates */
+    s->ckpt = es_ckpt_start(s->path, s->ckpt_pages, CKPT_EVERY_MS, s->busy_ms);
+    es_ckpt_attach(s->ckpt, c->db);
     es_pool_put(&s->pool, c);
-    if (pthread_create(&s->ckpt_thread, NULL, checkpointer_main, s) == 0)
-        s->ckpt_started = true;
-    else
-        es_warn(COMP,
-                "sqlite: no checkpointer thread; the WAL grows until a commit checkpoints it");
     *ctx = s;
     return ES_OK;
 
