@@ -64,7 +64,7 @@
 #define BUSY_TIMEOUT_MS 10000
 #define CKPT_PAGES      16384 /* WAL pages (64 MB) that wake the checkpointer */
 #define CKPT_EVERY_MS   10000 /* and checkpoint at least this often */
-#define OWNERS_MAX      1024 /* distinct lease owners examined per round */
+#define OWNERS_MAX      1024  /* distinct lease owners examined per round */
 #define SCHEMA_VERSION  1
 
 enum {
