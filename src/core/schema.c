@@ -15,7 +15,7 @@
 typedef struct migration {
     int version;
     const char *name;
-    const char *sql; /* both dialects, unless one of the next two is set */
+    const char *sql; /* both dialects, unless one of the next two is set ("" = nothing to do) */
     const char *sqlite_sql;
     const char *pg_sql;
 } migration;
@@ -196,7 +196,7 @@ static const migration migrations[] = {
      * a statement transaction of its own.  Its event_counts are kept by the
      * flush instead (see insert_events in src/pipeline/event_store.c). */
     {6, "event counts by the flush on sqlite", NULL,
-     "DROP TRIGGER IF EXISTS user_interactions_count;", "SELECT 1;"},
+     "DROP TRIGGER IF EXISTS user_interactions_count;", ""},
 };
 
 static int max_version(es_store_conn *c, int64_t *out)
@@ -248,7 +248,7 @@ int es_store_migrate(es_store *s, int *applied)
         snprintf(ver, sizeof ver, "%d", m->version);
         snprintf(now, sizeof now, "%lld", (long long)es_now_ms());
         const char *p[] = {ver, m->name, now};
-        if (!rc) rc = es_store_exec_script(c, sql);
+        if (!rc && *sql) rc = es_store_exec_script(c, sql);
         if (!rc)
             rc = es_store_exec(c,
                                "INSERT INTO schema_migrations (version, name, applied_ms) "

@@ -141,8 +141,8 @@ static int store_rows(es_events *ev, const char *rows, size_t len, size_t events
      * with the default 2 MB page cache a flush reads and rewrites pages it
      * just evicted (60k events stored in 11-13 s; with 16 MB, 4.2-4.8 s).
      * A connection that flushed keeps the larger cache. */
-    bool sqlite = es_store_dialect(ev->app->store) == ES_DIALECT_SQLITE;
-    if (sqlite) es_store_exec(c, "PRAGMA cache_size = -" SQLITE_FLUSH_CACHE_KB, 0, NULL, NULL);
+    if (es_store_dialect(ev->app->store) == ES_DIALECT_SQLITE)
+        es_store_exec(c, "PRAGMA cache_size = -" SQLITE_FLUSH_CACHE_KB, 0, NULL, NULL);
     if ((rc = es_store_begin(c))) goto release;
     rc = insert_events(ev->app->store, c, rows, len, inserted);
     int64_t took_ms = (es_mono_us() - t0) / 1000;
