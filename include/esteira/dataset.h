@@ -29,6 +29,8 @@ typedef enum es_coltype {
 } es_coltype;
 
 const char *es_coltype_name(es_coltype t);
+/* How a bulk load carries the type (its PostgreSQL column is es_dataset_ddl's). */
+es_copy_type es_coltype_copy(es_coltype t);
 int es_coltype_parse(const char *s); /* -1 when unknown */
 
 typedef struct es_column {

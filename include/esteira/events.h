@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "esteira/conf.h"
+#include "esteira/store.h"
 #include "esteira/util.h"
 
 struct es_app;
@@ -40,6 +41,7 @@ struct es_app;
 /* The columns of a row, in order (PostgreSQL COPY text format). */
 #define ES_EVENT_NCOLS 8
 extern const char *const es_event_cols[ES_EVENT_NCOLS];
+extern const es_copy_type es_event_types[ES_EVENT_NCOLS]; /* their types, for a bulk load */
 
 /* ---- validation (pure; fuzzed) */
 typedef struct es_event_rules {

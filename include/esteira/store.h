@@ -10,7 +10,10 @@
  * A connection is taken from the store's pool, used by one thread, and given
  * back.  Bulk loads go through copy_in, whose input is PostgreSQL's COPY text
  * format (tab-separated, \N for NULL, backslash escapes): a flat encoding that
- * PostgreSQL takes natively and SQLite's backend turns into prepared inserts. */
+ * PostgreSQL takes natively and SQLite's backend turns into prepared inserts.
+ * The caller may say what each column holds (es_copy_type): PostgreSQL's
+ * backend then sends the rows in the binary format, which spares the server
+ * parsing every value. */
 #ifndef ESTEIRA_STORE_H
 #define ESTEIRA_STORE_H
 
@@ -26,6 +29,21 @@ typedef struct es_store es_store;           /* an instance: ops + ctx */
 typedef struct es_store_conn es_store_conn; /* one pooled connection */
 typedef struct es_rows es_rows;             /* a result, all values as text */
 
+/* What a column of a bulk load holds, for PostgreSQL's binary COPY: each is
+ * the table's own column type, in the text form esteira's normalisers write.
+ * ES_COPY_TEXT is text (and e-mail).  Types NULL: every value as text. */
+typedef enum es_copy_type {
+    ES_COPY_TEXT,
+    ES_COPY_INT4,        /* integer */
+    ES_COPY_INT8,        /* bigint */
+    ES_COPY_NUMERIC,     /* numeric: [-]digits[.digits] */
+    ES_COPY_BOOL,        /* boolean: true / false */
+    ES_COPY_DATE,        /* date: YYYY-MM-DD */
+    ES_COPY_TIMESTAMPTZ, /* timestamptz: YYYY-MM-DDTHH:MM:SS[.ffffff]Z */
+    ES_COPY_UUID,        /* uuid */
+    ES_COPY_JSONB,       /* jsonb */
+} es_copy_type;
+
 typedef struct es_store_ops {
     const char *name;   /* "sqlite" */
     const char *scheme; /* "sqlite:" or "postgres://" prefix matched against the URL */
@@ -40,12 +58,13 @@ typedef struct es_store_ops {
     int (*exec)(void *conn, const char *sql, int nparams, const char *const *params, es_rows **out);
     /* Several statements separated by ';', no parameters (migrations). */
     int (*exec_script)(void *conn, const char *sql);
-    int (*copy_in)(void *conn, const char *table, const char *const *cols, int ncols,
-                   const char *data, size_t len);
+    int (*copy_in)(void *conn, const char *table, const char *const *cols,
+                   const es_copy_type *types, int ncols, const char *data, size_t len);
     /* copy_in that leaves out rows whose unique key exists already (or comes
      * twice in data), counting the rows it inserted */
-    int (*copy_merge)(void *conn, const char *table, const char *const *cols, int ncols,
-                      const char *data, size_t len, int64_t *inserted);
+    int (*copy_merge)(void *conn, const char *table, const char *const *cols,
+                      const es_copy_type *types, int ncols, const char *data, size_t len,
+                      int64_t *inserted);
     int (*ping)(void *ctx);
 } es_store_ops;
 
@@ -70,13 +89,15 @@ int es_store_exec_script(es_store_conn *c, const char *sql);
 int es_store_begin(es_store_conn *c);
 int es_store_commit(es_store_conn *c);
 int es_store_rollback(es_store_conn *c);
-int es_store_copy_in(es_store_conn *c, const char *table, const char *const *cols, int ncols,
-                     const char *data, size_t len);
+/* types: one per column, or NULL (see es_copy_type) */
+int es_store_copy_in(es_store_conn *c, const char *table, const char *const *cols,
+                     const es_copy_type *types, int ncols, const char *data, size_t len);
 /* As copy_in, but a row whose unique key is already in the table (or earlier
  * in data) is left out rather than failing the load; *inserted = the rows that
  * went in.  All rows or none, inside the caller's transaction if one is open. */
-int es_store_copy_merge(es_store_conn *c, const char *table, const char *const *cols, int ncols,
-                        const char *data, size_t len, int64_t *inserted);
+int es_store_copy_merge(es_store_conn *c, const char *table, const char *const *cols,
+                        const es_copy_type *types, int ncols, const char *data, size_t len,
+                        int64_t *inserted);
 /* acquire + exec + release, for one-statement work */
 int es_store_exec1(es_store *s, const char *sql, int nparams, const char *const *params,
                    es_rows **out);

@@ -28,6 +28,8 @@ void es_time_iso(int64_t ms, char out[25]);
 /* Parses RFC 3339 / ISO 8601 ("2026-11-22T10:00:00Z", with optional fraction and
  * offset, or a date alone); ES_EINVAL when malformed. */
 int es_time_parse_iso(const char *s, int64_t *ms);
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
+int64_t es_days_from_civil(int64_t y, int m, int d);
 
 /* ---- ids */
 /* UUIDv7 (RFC 9562): 48-bit ms timestamp, version, random; lower-case text. */

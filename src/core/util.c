@@ -90,8 +90,7 @@ void es_time_iso(int64_t ms, char out[25])
     out[24] = 0;
 }
 
-/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
-static int64_t days_from_civil(int64_t y, int m, int d)
+int64_t es_days_from_civil(int64_t y, int m, int d)
 {
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -160,7 +159,7 @@ int es_time_parse_iso(const char *s, int64_t *ms)
         }
     }
     if (*p) return ES_EINVAL;
-    int64_t days = days_from_civil(y, mo, d);
+    int64_t days = es_days_from_civil(y, mo, d);
     *ms = ((days * 86400 + h * 3600 + mi * 60 + sec) - (int64_t)off_min * 60) * 1000 + frac_ms;
     return ES_OK;
 }

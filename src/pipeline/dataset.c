@@ -782,6 +782,23 @@ fail_alloc:
 
 /* ---------------------------------------------------------------- DDL */
 
+es_copy_type es_coltype_copy(es_coltype t)
+{
+    switch (t) {
+    case ES_COL_INTEGER: return ES_COPY_INT4;
+    case ES_COL_BIGINT: return ES_COPY_INT8;
+    case ES_COL_DECIMAL: return ES_COPY_NUMERIC;
+    case ES_COL_BOOLEAN: return ES_COPY_BOOL;
+    case ES_COL_DATE: return ES_COPY_DATE;
+    case ES_COL_TIMESTAMP: return ES_COPY_TIMESTAMPTZ;
+    case ES_COL_UUID: return ES_COPY_UUID;
+    case ES_COL_JSON: return ES_COPY_JSONB;
+    case ES_COL_TEXT:
+    case ES_COL_EMAIL: break;
+    }
+    return ES_COPY_TEXT;
+}
+
 static int sql_type(const es_column *c, es_dialect dialect, char *buf, size_t n)
 {
     if (dialect == ES_DIALECT_PG) {

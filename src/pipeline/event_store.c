@@ -107,16 +107,16 @@ static int insert_events(const es_store *s, es_store_conn *c, const char *rows, 
 {
     *inserted = 0;
     if (es_store_dialect(s) != ES_DIALECT_SQLITE)
-        return es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS, rows, len,
-                                   inserted);
+        return es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, es_event_types,
+                                   ES_EVENT_NCOLS, rows, len, inserted);
     es_rows *r = NULL;
     int rc = es_store_exec(c, "SELECT COALESCE(MAX(rowid), 0) FROM " ES_EVENTS_TABLE, 0, NULL, &r);
     if (rc) return rc;
     char since[24];
     ES_I64(since, es_rows_int(r, 0, 0, 0));
     es_rows_free(r);
-    rc =
-        es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, ES_EVENT_NCOLS, rows, len, inserted);
+    rc = es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, es_event_types, ES_EVENT_NCOLS,
+                             rows, len, inserted);
     if (rc || !*inserted) return rc;
     const char *p[] = {since};
     /* NOT INDEXED: the planner would rather scan the whole (tenant, user_id,

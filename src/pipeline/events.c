@@ -26,6 +26,11 @@
 const char *const es_event_cols[ES_EVENT_NCOLS] = {"tenant",      "id",         "user_id",
                                                    "event_type",  "event_data", "session_id",
                                                    "occurred_at", "received_at"};
+/* user_interactions on PostgreSQL (schema.c): event_data is json, whose
+ * binary form is its text */
+const es_copy_type es_event_types[ES_EVENT_NCOLS] = {ES_COPY_TEXT, ES_COPY_UUID, ES_COPY_TEXT,
+                                                     ES_COPY_TEXT, ES_COPY_TEXT, ES_COPY_TEXT,
+                                                     ES_COPY_INT8, ES_COPY_INT8};
 
 #define FUTURE_MAX_MS (24LL * 3600 * 1000) /* occurredAt may run this far ahead (clock skew) */
 

@@ -785,6 +785,7 @@ struct batch_work {
     json_t *header;
     int nfields;
     const char *cols[ES_DATASET_MAX_COLS + 3]; /* tenant, mapped columns…, upload_id, line */
+    es_copy_type types[ES_DATASET_MAX_COLS + 3];
     int ncols;
     char row_head[ES_TENANT_MAX * 2 + 4]; /* tenant, escaped, and a tab */
     const batch_msg *m;
@@ -1045,7 +1046,8 @@ static int batch_loaded(batch_work *w, es_store_conn *c, int64_t k, int64_t inse
 static int merge_chunk(batch_work *w, es_store_conn *c, int64_t *inserted)
 {
     int64_t n = 0;
-    int rc = es_store_copy_merge(c, w->ds->table, w->cols, w->ncols, w->copy.data, w->copy.len, &n);
+    int rc = es_store_copy_merge(c, w->ds->table, w->cols, w->types, w->ncols, w->copy.data,
+                                 w->copy.len, &n);
     *inserted += n;
     es_buf_reset(&w->copy);
     return rc;
@@ -1292,7 +1294,7 @@ static int load_batch(es_job_ctx *ctx, batch_work *w, const batch_msg *m)
     static const char *const rcols[] = {"upload_id", "line", "col", "reason", "raw"};
     for (int i = 0; i < w->nparts && !rc; i++)
         if (w->parts[i].rejects.len)
-            rc = es_store_copy_in(c, "upload_rejects", rcols, 5, w->parts[i].rejects.data,
+            rc = es_store_copy_in(c, "upload_rejects", rcols, NULL, 5, w->parts[i].rejects.data,
                                   w->parts[i].rejects.len);
     char ins[24], dup[24], rej[24], now[24], cnt[24];
     const char *p[] = {
@@ -1400,12 +1402,18 @@ static int batch_run(es_job_ctx *ctx, void *arg)
                     "upload %s: its dataset or header is unusable (%s)", m.upload, es_strerror(rc));
         goto out;
     }
+    w->types[w->ncols] = ES_COPY_TEXT;
     w->cols[w->ncols++] = "tenant";
     for (int i = 0; i < w->nfields; i++) {
         if (w->map.col_of[i] == ds.key) w->key_field = w->ncols;
-        if (w->map.col_of[i] >= 0) w->cols[w->ncols++] = ds.cols[w->map.col_of[i]].name;
+        if (w->map.col_of[i] < 0) continue;
+        const es_column *col = &ds.cols[w->map.col_of[i]];
+        w->types[w->ncols] = es_coltype_copy(col->type);
+        w->cols[w->ncols++] = col->name;
     }
+    w->types[w->ncols] = ES_COPY_TEXT;
     w->cols[w->ncols++] = "upload_id";
+    w->types[w->ncols] = ES_COPY_INT8;
     w->cols[w->ncols++] = "line";
     /* SQLite inserts into its key index wherever each key falls: a group's
      * random keys (UUIDs) touch every page of it, more than a page cache

@@ -492,11 +492,11 @@ static void test_copy_in_roundtrip(void **state)
     const char *cols[] = {"id", "a", "b"};
     es_store_conn *c;
     assert_int_equal(es_store_acquire(g_store, &c), ES_OK);
-    assert_int_equal(es_store_copy_in(c, t, cols, 3, b.data, b.len), ES_OK);
+    assert_int_equal(es_store_copy_in(c, t, cols, NULL, 3, b.data, b.len), ES_OK);
     /* and inside a transaction, committed */
     assert_int_equal(es_store_begin(c), ES_OK);
     const char *more = "100\tx\t\\N\n101\t\\\\N\ty\n";
-    assert_int_equal(es_store_copy_in(c, t, cols, 3, more, strlen(more)), ES_OK);
+    assert_int_equal(es_store_copy_in(c, t, cols, NULL, 3, more, strlen(more)), ES_OK);
     assert_int_equal(es_store_commit(c), ES_OK);
     es_store_release(c);
     es_buf_finish(&b);
@@ -535,21 +535,21 @@ static void test_copy_in_bad_row(void **state)
     assert_int_equal(es_store_acquire(g_store, &c), ES_OK);
 
     /* on its own, a bad row loads nothing */
-    assert_int_not_equal(es_store_copy_in(c, t, cols, 2, fewer, strlen(fewer)), ES_OK);
-    assert_int_not_equal(es_store_copy_in(c, t, cols, 2, more, strlen(more)), ES_OK);
+    assert_int_not_equal(es_store_copy_in(c, t, cols, NULL, 2, fewer, strlen(fewer)), ES_OK);
+    assert_int_not_equal(es_store_copy_in(c, t, cols, NULL, 2, more, strlen(more)), ES_OK);
     assert_int_equal(count_rows(c, t), 0);
 
     /* in a transaction rolled back after the error, nothing at all */
     assert_int_equal(es_store_begin(c), ES_OK);
-    assert_int_equal(es_store_copy_in(c, t, cols, 2, good, strlen(good)), ES_OK);
-    assert_int_not_equal(es_store_copy_in(c, t, cols, 2, fewer, strlen(fewer)), ES_OK);
+    assert_int_equal(es_store_copy_in(c, t, cols, NULL, 2, good, strlen(good)), ES_OK);
+    assert_int_not_equal(es_store_copy_in(c, t, cols, NULL, 2, fewer, strlen(fewer)), ES_OK);
     assert_int_equal(es_store_rollback(c), ES_OK);
     assert_int_equal(count_rows(c, t), 0);
 
     /* a duplicate key fails the copy too */
-    assert_int_equal(es_store_copy_in(c, t, cols, 2, good, strlen(good)), ES_OK);
+    assert_int_equal(es_store_copy_in(c, t, cols, NULL, 2, good, strlen(good)), ES_OK);
     const char *dup = "8\teight\n1\tagain\n";
-    assert_int_not_equal(es_store_copy_in(c, t, cols, 2, dup, strlen(dup)), ES_OK);
+    assert_int_not_equal(es_store_copy_in(c, t, cols, NULL, 2, dup, strlen(dup)), ES_OK);
     assert_int_equal(count_rows(c, t), 2);
     es_store_release(c);
     drop(t);
@@ -567,12 +567,12 @@ static void test_copy_merge(void **state)
     assert_int_equal(es_store_acquire(g_store, &c), ES_OK);
     int64_t n = -1;
     const char *first = "1\tone\n2\ttwo\n3\tthree\n";
-    assert_int_equal(es_store_copy_merge(c, t, cols, 2, first, strlen(first), &n), ES_OK);
+    assert_int_equal(es_store_copy_merge(c, t, cols, NULL, 2, first, strlen(first), &n), ES_OK);
     assert_int_equal(n, 3);
     /* 2 and 3 exist, 4 twice, 5 new */
     const char *second = "2\tdeux\n4\tfour\n3\ttrois\n4\tfour again\n5\tfive\n";
     assert_int_equal(es_store_begin(c), ES_OK);
-    assert_int_equal(es_store_copy_merge(c, t, cols, 2, second, strlen(second), &n), ES_OK);
+    assert_int_equal(es_store_copy_merge(c, t, cols, NULL, 2, second, strlen(second), &n), ES_OK);
     assert_int_equal(n, 2);
     assert_int_equal(es_store_commit(c), ES_OK);
     assert_int_equal(count_rows(c, t), 5);
@@ -584,18 +584,18 @@ static void test_copy_merge(void **state)
     assert_string_equal(es_rows_get(r, 1, 0), "four");
     es_rows_free(r);
     /* everything there already: nothing inserted, no error */
-    assert_int_equal(es_store_copy_merge(c, t, cols, 2, first, strlen(first), &n), ES_OK);
+    assert_int_equal(es_store_copy_merge(c, t, cols, NULL, 2, first, strlen(first), &n), ES_OK);
     assert_int_equal(n, 0);
     /* rolled back with its transaction, and usable again after that */
     assert_int_equal(es_store_begin(c), ES_OK);
     const char *third = "6\tsix\n1\tagain\n";
-    assert_int_equal(es_store_copy_merge(c, t, cols, 2, third, strlen(third), &n), ES_OK);
+    assert_int_equal(es_store_copy_merge(c, t, cols, NULL, 2, third, strlen(third), &n), ES_OK);
     assert_int_equal(n, 1);
     assert_int_equal(es_store_rollback(c), ES_OK);
     assert_int_equal(count_rows(c, t), 5);
     /* a malformed row still fails the whole load */
     const char *bad = "7\tseven\n8\n";
-    assert_int_not_equal(es_store_copy_merge(c, t, cols, 2, bad, strlen(bad), &n), ES_OK);
+    assert_int_not_equal(es_store_copy_merge(c, t, cols, NULL, 2, bad, strlen(bad), &n), ES_OK);
     assert_int_equal(count_rows(c, t), 5);
     es_store_release(c);
     drop(t);

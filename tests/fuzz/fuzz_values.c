@@ -11,17 +11,63 @@
  *     decoder (Unicode's table 3-7) finds valid, with no NUL byte and within
  *     the max length; its decoded output is valid UTF-8;
  *   - normalising the decoded output again gives the same output
- *     (idempotence), for every type. */
+ *     (idempotence), for every type;
+ *   - every output has PostgreSQL's binary form (pg_binary.c: a load never
+ *     falls back to text for esteira's own values), and a decimal's base-10000
+ *     digits spell the same number again. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/store/pg_binary.h"
 #include "esteira/dataset.h"
 #include "esteira/err.h"
 #include "esteira/store.h"
 #include "esteira/util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static int collect(void *arg, const char *data, size_t len)
+{
+    return es_buf_append(arg, data, len);
+}
+
+static unsigned be16(const unsigned char *p)
+{
+    return (unsigned)p[0] << 8 | p[1];
+}
+
+/* The decimal a binary numeric field stands for (the sum of its digits
+ * times 10000^(weight - k)), written as the normaliser writes it: [-]int,
+ * then a point and dscale fraction digits when dscale > 0. */
+static void numeric_text(const unsigned char *f, size_t flen, es_buf *out)
+{
+    if (flen < 8) abort();
+    int nd = (int)be16(f), weight = (int16_t)be16(f + 2);
+    unsigned sign = be16(f + 4), dscale = be16(f + 6);
+    if (flen != 8 + 2 * (size_t)nd || (sign != 0 && sign != 0x4000)) abort();
+    char group[8];
+    if (sign) es_buf_puts(out, "-");
+    if (weight < 0) es_buf_puts(out, "0");
+    for (int e = weight; e >= 0; e--) {
+        int k = weight - e;
+        unsigned v = k < nd ? be16(f + 8 + 2 * k) : 0;
+        if (v > 9999) abort();
+        snprintf(group, sizeof group, e == weight ? "%u" : "%04u", v);
+        es_buf_puts(out, group);
+    }
+    if (!dscale) return;
+    es_buf_puts(out, ".");
+    size_t start = out->len;
+    for (int e = -1; out->len - start < dscale; e--) {
+        int k = weight - e;
+        unsigned v = k >= 0 && k < nd ? be16(f + 8 + 2 * k) : 0;
+        if (v > 9999) abort();
+        snprintf(group, sizeof group, "%04u", v);
+        es_buf_puts(out, group);
+    }
+    out->len = start + dscale;
+}
 
 /* Well-formed UTF-8 by the byte ranges of Unicode 15 table 3-7; the number
  * of code points in *chars. */
@@ -129,6 +175,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (again.len != on || memcmp(again.data, o, on) != 0) abort();
     es_buf_finish(&again);
     free(dec);
+
+    /* the binary form: header (19), field count (2), length (4), value */
+    es_copy_type ct = es_coltype_copy(c.type);
+    if (es_pgbin_encode(&ct, 1, o, on, NULL, NULL, NULL) != ES_OK) abort();
+    es_buf bin;
+    es_buf_init(&bin, 0);
+    if (es_pgbin_encode(&ct, 1, o, on, collect, &bin, NULL) != ES_OK || bin.len < 27) abort();
+    if (c.type == ES_COL_DECIMAL) {
+        es_buf back;
+        es_buf_init(&back, 0);
+        numeric_text((const unsigned char *)bin.data + 25, bin.len - 27, &back);
+        if (back.len != on || memcmp(back.data, o, on) != 0) abort();
+        es_buf_finish(&back);
+    }
+    es_buf_finish(&bin);
 
 done:
     es_buf_finish(&out);

@@ -1,6 +1,8 @@
-/* test_copy.c - the COPY text format helpers of store.h. */
+/* test_copy.c - the COPY text format helpers of store.h, and the binary
+ * COPY encoder of the PostgreSQL store (pg_binary.h). */
 #include "testutil.h"
 
+#include "backends/store/pg_binary.h"
 #include "esteira/err.h"
 #include "esteira/store.h"
 #include "esteira/util.h"
@@ -168,12 +170,95 @@ static void test_bounded_is_atomic(void **state)
     es_buf_finish(&b);
 }
 
+static int collect(void *arg, const char *data, size_t len)
+{
+    return es_buf_append(arg, data, len);
+}
+
+/* The stream, byte for byte: signature, flags, extension length, then per
+ * row a field count and length-prefixed big-endian values, then -1. */
+static void test_binary_stream(void **state)
+{
+    (void)state;
+    const es_copy_type types[] = {ES_COPY_INT4, ES_COPY_DATE, ES_COPY_NUMERIC, ES_COPY_TEXT};
+    const char *rows = "-2\t2000-01-02\t-12345.60\ta\\tb\n7\t1999-12-31\t0.00\t\\N";
+    es_buf b;
+    es_buf_init(&b, 0);
+    assert_int_equal(es_pgbin_encode(types, 4, rows, strlen(rows), collect, &b, NULL), ES_OK);
+    static const unsigned char want[] = {
+        'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0, /* signature */
+        0, 0, 0, 0, 0, 0, 0, 0,                                  /* flags, extension */
+        0, 4,                                                    /* row 1: 4 fields */
+        0, 0, 0, 4, 0xff, 0xff, 0xff, 0xfe,                      /* -2 */
+        0, 0, 0, 4, 0, 0, 0, 1,                                  /* 2000-01-02: day 1 */
+        /* -12345.60 = -(1 * 10000^1 + 2345 + 6000 * 10000^-1), scale 2 */
+        0, 0, 0, 14, 0, 3, 0, 1, 0x40, 0, 0, 2, 0, 1, 0x09, 0x29, 0x17, 0x70, 0, 0, 0, 3, 'a', '\t',
+        'b',                                /* the escape undone */
+        0, 4,                               /* row 2 (no final newline) */
+        0, 0, 0, 4, 0, 0, 0, 7,             /* 7 */
+        0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, /* 1999-12-31: day -1 */
+        0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 2, /* zero: no digits, scale 2 */
+        0xff, 0xff, 0xff, 0xff,             /* NULL */
+        0xff, 0xff,                         /* the end */
+    };
+    assert_int_equal(b.len, sizeof want);
+    assert_memory_equal(b.data, want, sizeof want);
+    es_buf_finish(&b);
+}
+
+/* Only the forms the normalisers write have a binary form; the row that has
+ * none is named, and a check (no sink) writes nothing. */
+static void test_binary_refusals(void **state)
+{
+    (void)state;
+    static const struct {
+        es_copy_type type;
+        const char *value;
+    } bad[] = {
+        {ES_COPY_INT4, "2147483648"},
+        {ES_COPY_INT4, "1.0"},
+        {ES_COPY_INT8, "99999999999999999999"},
+        {ES_COPY_INT8, ""},
+        {ES_COPY_NUMERIC, "1e5"},
+        {ES_COPY_NUMERIC, "."},
+        {ES_COPY_NUMERIC, "NaN"},
+        {ES_COPY_BOOL, "yes"},
+        {ES_COPY_DATE, "2023-02-30"},
+        {ES_COPY_DATE, "0000-01-01"},
+        {ES_COPY_DATE, "2023-1-01"},
+        {ES_COPY_TIMESTAMPTZ, "2023-01-01T00:00:00+02:00"},
+        {ES_COPY_TIMESTAMPTZ, "2023-01-01T24:00:00Z"},
+        {ES_COPY_TIMESTAMPTZ, "2023-01-01T00:00:00.1234567Z"},
+        {ES_COPY_UUID, "{8b9d2434-e465-4150-bd9c-66b3ad3c2d6d}"},
+        {ES_COPY_UUID, "8b9d2434-e465-4150-bd9c-66b3ad3c2d6g"},
+    };
+    char row[128];
+    for (size_t i = 0; i < ES_ARRAY_LEN(bad); i++) {
+        const es_copy_type types[] = {ES_COPY_TEXT, bad[i].type};
+        int n = snprintf(row, sizeof row, "ok\t\\N\nok\t%s\n", bad[i].value);
+        size_t at = 0;
+        int rc = es_pgbin_encode(types, 2, row, (size_t)n, NULL, NULL, &at);
+        if (rc != ES_EINVAL || at != 2)
+            fail_msg("%s accepted (rc %d, row %zu)", bad[i].value, rc, at);
+    }
+    /* too few and too many fields */
+    const es_copy_type two[] = {ES_COPY_TEXT, ES_COPY_TEXT};
+    size_t at = 0;
+    assert_int_equal(es_pgbin_encode(two, 2, "a\tb\nc\n", 6, NULL, NULL, &at), ES_EINVAL);
+    assert_int_equal(at, 2);
+    assert_int_equal(es_pgbin_encode(two, 2, "a\tb\tc\n", 6, NULL, NULL, &at), ES_EINVAL);
+    assert_int_equal(at, 1);
+    assert_int_equal(es_pgbin_encode(two, 2, "a\tb\n", 4, NULL, NULL, &at), ES_OK);
+    assert_int_equal(at, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_field_escapes),          cmocka_unit_test(test_roundtrip_tricky),
         cmocka_unit_test(test_binary_bytes_roundtrip), cmocka_unit_test(test_null_pointer_is_null),
         cmocka_unit_test(test_unescape_pg_forms),      cmocka_unit_test(test_bounded_is_atomic),
+        cmocka_unit_test(test_binary_stream),          cmocka_unit_test(test_binary_refusals),
     };
     return cmocka_run_group_tests_name("copy", tests, NULL, NULL);
 }

@@ -923,7 +923,7 @@ static void load_into(const char *url)
         cols[i] = d.cols[i].name;
     cols[10] = "upload_id";
     cols[11] = "line";
-    int rc = es_store_copy_in(c, d.table, cols, 12, data.data, data.len);
+    int rc = es_store_copy_in(c, d.table, cols, NULL, 12, data.data, data.len);
     if (rc != ES_OK) fail_msg("copy into %s on %s: %s", d.table, url, es_strerror(rc));
 
     es_buf_reset(&sql);
@@ -966,7 +966,8 @@ static void load_into(const char *url)
     es_buf_puts(&data, "\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t");
     es_value_normalize(&d.cols[7], rows[0][7], strlen(rows[0][7]), &data, &problem);
     es_buf_puts(&data, "\t\\N\t\\N\tupload-2\t2\n");
-    assert_int_equal(es_store_copy_in(c, d.table, cols, 12, data.data, data.len), ES_ECONFLICT);
+    assert_int_equal(es_store_copy_in(c, d.table, cols, NULL, 12, data.data, data.len),
+                     ES_ECONFLICT);
 
     es_buf_reset(&sql);
     es_buf_printf(&sql, "DROP TABLE %s", d.table);

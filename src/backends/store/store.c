@@ -192,19 +192,21 @@ int es_store_rollback(es_store_conn *c)
     return es_store_exec(c, "ROLLBACK", 0, NULL, NULL);
 }
 
-int es_store_copy_in(es_store_conn *c, const char *table, const char *const *cols, int ncols,
-                     const char *data, size_t len)
+int es_store_copy_in(es_store_conn *c, const char *table, const char *const *cols,
+                     const es_copy_type *types, int ncols, const char *data, size_t len)
 {
     if (ncols <= 0) return ES_EINVAL;
-    return note(c, c->store->ops->copy_in(c->conn, table, cols, ncols, data, len));
+    return note(c, c->store->ops->copy_in(c->conn, table, cols, types, ncols, data, len));
 }
 
-int es_store_copy_merge(es_store_conn *c, const char *table, const char *const *cols, int ncols,
-                        const char *data, size_t len, int64_t *inserted)
+int es_store_copy_merge(es_store_conn *c, const char *table, const char *const *cols,
+                        const es_copy_type *types, int ncols, const char *data, size_t len,
+                        int64_t *inserted)
 {
     *inserted = 0;
     if (ncols <= 0) return ES_EINVAL;
-    return note(c, c->store->ops->copy_merge(c->conn, table, cols, ncols, data, len, inserted));
+    return note(c,
+                c->store->ops->copy_merge(c->conn, table, cols, types, ncols, data, len, inserted));
 }
 
 int es_store_exec1(es_store *s, const char *sql, int nparams, const char *const *params,

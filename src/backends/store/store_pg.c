@@ -41,6 +41,8 @@
 #include "esteira/store.h"
 #include "esteira/util.h"
 
+#include "backends/store/pg_binary.h"
+
 #define COMP "store"
 
 #define POOL_DEFAULT      8
@@ -740,7 +742,7 @@ static int pg_exec_script(void *conn, const char *sql)
 
 /* ---- copy_in */
 
-static int copy_sql(es_buf *b, const char *table, const char *const *cols, int ncols)
+static int copy_sql(es_buf *b, const char *table, const char *const *cols, int ncols, bool binary)
 {
     if (!es_ident_valid(table)) {
         es_warn(COMP, "copy_in: bad table name");
@@ -754,20 +756,36 @@ static int copy_sql(es_buf *b, const char *table, const char *const *cols, int n
         }
         rc = es_buf_printf(b, "%s%s", i ? ", " : "", cols[i]);
     }
-    if (rc == ES_OK) rc = es_buf_puts(b, ") FROM STDIN");
+    if (rc == ES_OK) rc = es_buf_puts(b, binary ? ") FROM STDIN (FORMAT binary)" : ") FROM STDIN");
     return rc;
 }
 
-/* COPY … FROM STDIN: the data is already in COPY's text format, so it is
- * streamed as is.  Inside the caller's transaction when one is open (the
- * connection's state); otherwise COPY is its own transaction: all rows or
- * none, either way. */
-static int copy_load(pg_conn *c, const char *table, const char *const *cols, int ncols,
-                     const char *data, size_t len, int64_t *rows)
+/* Blocking mode: each call sends what it can and waits for the socket. */
+static int put_copy(void *arg, const char *data, size_t len)
 {
+    pg_conn *c = arg;
+    for (size_t off = 0; off < len;) {
+        size_t n = len - off > COPY_CHUNK ? COPY_CHUNK : len - off;
+        if (PQputCopyData(c->db, data + off, (int)n) != 1) return ES_EBACKEND;
+        off += n;
+    }
+    return ES_OK;
+}
+
+/* COPY … FROM STDIN: in the binary format when the caller typed the columns,
+ * encoded as it goes, else the text as it is.  A value without a binary form
+ * ends the COPY with an error of our own: ES_EUNSUPPORTED, and the caller
+ * rolls back to before it and sends the text (pg_copy_in checks first).
+ * Inside the caller's transaction when one is open (the connection's state);
+ * otherwise COPY is its own transaction: all rows or none, either way. */
+static int copy_load(pg_conn *c, const char *table, const char *const *cols,
+                     const es_copy_type *types, int ncols, const char *data, size_t len,
+                     int64_t *rows)
+{
+    bool binary = types && len;
     es_buf sql;
     es_buf_init(&sql, 0);
-    int rc = copy_sql(&sql, table, cols, ncols);
+    int rc = copy_sql(&sql, table, cols, ncols, binary);
     if (rc != ES_OK) goto out_sql;
     PGresult *res = PQexec(c->db, es_buf_cstr(&sql));
     if (PQresultStatus(res) != PGRES_COPY_IN) {
@@ -777,23 +795,25 @@ static int copy_load(pg_conn *c, const char *table, const char *const *cols, int
         goto out_sql;
     }
     PQclear(res);
-    /* Blocking mode: each call sends what it can and waits for the socket.
-     * A row the server rejects shows only in the final result. */
-    bool sent = true;
-    for (size_t off = 0; off < len && sent;) {
-        size_t n = len - off > COPY_CHUNK ? COPY_CHUNK : len - off;
-        sent = PQputCopyData(c->db, data + off, (int)n) == 1;
-        off += n;
-    }
-    if (PQputCopyEnd(c->db, NULL) != 1) sent = false;
+    /* A row the server rejects shows only in the final result; a stream cut
+     * short here is ended with an error, so the server keeps none of it. */
+    size_t bad = 0;
+    int sent = binary ? es_pgbin_encode(types, ncols, data, len, put_copy, c, &bad)
+                      : put_copy(c, data, len);
+    if (PQputCopyEnd(c->db, sent == ES_OK ? NULL : "esteira: the rows could not be sent") != 1)
+        sent = ES_EBACKEND;
     /* the first result is the COPY's outcome; the loop only drains */
     res = PQgetResult(c->db);
-    if (!res_ok(res))
+    if (binary && sent == ES_EINVAL) {
+        es_debug(COMP, "copy into %s: row %zu has a value without a binary form", table, bad);
+        rc = ES_EUNSUPPORTED;
+    } else if (!res_ok(res)) {
         rc = fail(c, res, "copy", es_buf_cstr(&sql));
-    else if (!sent)
+    } else if (sent != ES_OK) {
         rc = fail(c, NULL, "copy", es_buf_cstr(&sql));
-    else
+    } else {
         *rows = strtoll(PQcmdTuples(res), NULL, 10);
+    }
     PQclear(res);
     while ((res = PQgetResult(c->db)))
         PQclear(res);
@@ -802,11 +822,14 @@ out_sql:
     return rc;
 }
 
-static int pg_copy_in(void *conn, const char *table, const char *const *cols, int ncols,
-                      const char *data, size_t len)
+/* Without a savepoint to go back to, the rows are checked before the COPY:
+ * one that has no binary form sends them all as text. */
+static int pg_copy_in(void *conn, const char *table, const char *const *cols,
+                      const es_copy_type *types, int ncols, const char *data, size_t len)
 {
     int64_t n = 0;
-    return copy_load(conn, table, cols, ncols, data, len, &n);
+    if (types && es_pgbin_encode(types, ncols, data, len, NULL, NULL, NULL) != ES_OK) types = NULL;
+    return copy_load(conn, table, cols, types, ncols, data, len, &n);
 }
 
 static int run(pg_conn *c, const char *sql)
@@ -814,12 +837,20 @@ static int run(pg_conn *c, const char *sql)
     return pg_exec(c, sql, 0, NULL, NULL);
 }
 
+/* Back to the start of pg_copy_merge's transaction or savepoint. */
+static int restart(pg_conn *c, bool own)
+{
+    int rc = run(c, own ? "ROLLBACK" : "ROLLBACK TO es_merge");
+    return rc == ES_OK && own ? run(c, "BEGIN") : rc;
+}
+
 /* COPY straight into the table first, in a savepoint: when no key is there
  * yet (the usual case: a new file) that is all the work there is.  Only when a
  * key exists already does it go round through a temporary table and INSERT …
  * ON CONFLICT DO NOTHING, which costs about twice as much. */
-static int pg_copy_merge(void *conn, const char *table, const char *const *cols, int ncols,
-                         const char *data, size_t len, int64_t *inserted)
+static int pg_copy_merge(void *conn, const char *table, const char *const *cols,
+                         const es_copy_type *types, int ncols, const char *data, size_t len,
+                         int64_t *inserted)
 {
     pg_conn *c = conn;
     if (!es_ident_valid(table)) return ES_EINVAL;
@@ -827,15 +858,18 @@ static int pg_copy_merge(void *conn, const char *table, const char *const *cols,
     int rc = run(c, own ? "BEGIN" : "SAVEPOINT es_merge");
     if (rc != ES_OK) return rc;
     int64_t n = 0;
-    rc = copy_load(c, table, cols, ncols, data, len, &n);
+    rc = copy_load(c, table, cols, types, ncols, data, len, &n);
+    if (rc == ES_EUNSUPPORTED) { /* a value without a binary form: the text instead */
+        types = NULL;
+        rc = restart(c, own);
+        if (rc == ES_OK) rc = copy_load(c, table, cols, NULL, ncols, data, len, &n);
+    }
     if (rc == ES_OK) {
         *inserted = n;
         return run(c, own ? "COMMIT" : "RELEASE es_merge");
     }
     if (rc != ES_ECONFLICT) goto undo;
-    rc = own ? run(c, "ROLLBACK") : run(c, "ROLLBACK TO es_merge");
-    if (rc == ES_OK && own) rc = run(c, "BEGIN");
-    if (rc != ES_OK) goto undo;
+    if ((rc = restart(c, own)) != ES_OK) goto undo;
 
     char stage[64]; /* a PostgreSQL identifier: at most 63 bytes */
     snprintf(stage, sizeof stage, "es_merge_%.54s", table);
@@ -846,7 +880,7 @@ static int pg_copy_merge(void *conn, const char *table, const char *const *cols,
                        " ON COMMIT DELETE ROWS; DELETE FROM %s",
                        stage, table, stage);
     if (rc == ES_OK) rc = pg_exec_script(c, es_buf_cstr(&sql));
-    if (rc == ES_OK) rc = copy_load(c, stage, cols, ncols, data, len, &n);
+    if (rc == ES_OK) rc = copy_load(c, stage, cols, types, ncols, data, len, &n);
     es_buf_reset(&sql);
     if (rc == ES_OK) rc = es_buf_printf(&sql, "INSERT INTO %s (", table);
     for (int pass = 0; pass < 2 && rc == ES_OK; pass++) {

@@ -786,17 +786,21 @@ out_sql:
     return rc;
 }
 
-static int sq_copy_in(void *conn, const char *table, const char *const *cols, int ncols,
-                      const char *data, size_t len)
+/* SQLite keeps what it is given: the types change nothing here. */
+static int sq_copy_in(void *conn, const char *table, const char *const *cols,
+                      const es_copy_type *types, int ncols, const char *data, size_t len)
 {
+    (void)types;
     int64_t n = 0;
     return copy_load(conn, table, cols, ncols, data, len, false, &n);
 }
 
 /* INSERT … ON CONFLICT DO NOTHING per row: sqlite3_changes() tells which went in. */
-static int sq_copy_merge(void *conn, const char *table, const char *const *cols, int ncols,
-                         const char *data, size_t len, int64_t *inserted)
+static int sq_copy_merge(void *conn, const char *table, const char *const *cols,
+                         const es_copy_type *types, int ncols, const char *data, size_t len,
+                         int64_t *inserted)
 {
+    (void)types;
     int64_t n = 0;
     int rc = copy_load(conn, table, cols, ncols, data, len, true, &n);
     *inserted = rc == ES_OK ? n : 0;
