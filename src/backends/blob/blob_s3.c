@@ -29,9 +29,10 @@
  *
  * Writing: a writer gathers data in a buffer of at most one part.  An object
  * that fits is one PUT at commit; a bigger one becomes a multipart upload,
- * each part sent as it fills, completed at commit and aborted on abort, so
- * memory stays one part whatever the object's size.  Either way the object
- * appears whole when S3 accepts the last request.
+ * each part sent as it fills, by a thread of its own while the next part
+ * fills (one in flight at a time), completed at commit and aborted on abort,
+ * so memory stays two parts whatever the object's size.  Either way the
+ * object appears whole when S3 accepts the last request.
  *
  * Easy handles are kept in a small pool: each holds its connections open, so
  * requests after the first reuse them (keep-alive).  Idempotent requests are
@@ -103,6 +104,13 @@ typedef struct s3_writer {
     char *upload_id; /* once the object outgrew one part */
     s3_etag *etags;  /* of the parts sent, [0] is part 1 */
     int nparts, cap_parts;
+    /* A full part is sent by a thread of its own while the next one fills:
+     * the writer's caller (a client's upload) is not held for the PUT.  One
+     * part at a time is in flight, so a writer holds at most two parts. */
+    es_buf sending; /* the part in flight */
+    pthread_t sender;
+    bool in_flight;
+    int sent_rc; /* the in-flight part's outcome, read after the join */
 } s3_writer;
 
 /* One request and what came back. */
@@ -795,9 +803,13 @@ static int s3_call(s3_ctx *c, s3_req *r)
 
 /* ------------------------------------------------------------ writing */
 
+static int join_sender(s3_writer *w);
+
 static void writer_free(s3_writer *w)
 {
+    join_sender(w);
     es_buf_finish(&w->buf);
+    es_buf_finish(&w->sending);
     free(w->upload_id);
     free(w->etags);
     free(w);
@@ -822,6 +834,7 @@ static int s3_writer_open(void *ctx, const char *key, const char *content_type, 
     es_strlcpy(w->key, key, sizeof w->key);
     es_strlcpy(w->ct, ct, sizeof w->ct);
     es_buf_init(&w->buf, c->part_size);
+    es_buf_init(&w->sending, c->part_size);
     *out = w;
     return ES_OK;
 }
@@ -863,8 +876,8 @@ static int upload_query(const s3_writer *w, int part, es_buf *q)
     return rc;
 }
 
-/* Sends the buffer as the next part and empties it. */
-static int upload_part(s3_writer *w)
+/* Room for the ETag of one more part; on the writer's own thread. */
+static int reserve_part(s3_writer *w)
 {
     if (w->nparts == S3_MAX_PARTS) {
         es_error(COMP, "%s: more than %d parts of %zu bytes", w->key, S3_MAX_PARTS,
@@ -878,34 +891,76 @@ static int upload_part(s3_writer *w)
         w->etags = ne;
         w->cap_parts = ncap;
     }
+    return ES_OK;
+}
+
+/* Sends data as part `part` (1-based; its ETag slot reserved already). */
+static int upload_part(s3_writer *w, int part, const es_buf *data)
+{
     es_buf q;
     es_buf_init(&q, 0);
     s3_req r;
     req_init(&r, "PUT", w->key, S3_ERRBODY_MAX);
-    int rc = upload_query(w, w->nparts + 1, &q);
+    int rc = upload_query(w, part, &q);
     if (rc != ES_OK) goto finish;
     r.query = es_buf_cstr(&q);
-    r.body = w->buf.data;
-    r.body_len = w->buf.len;
+    r.body = data->data;
+    r.body_len = data->len;
     r.idempotent = true; /* the same part number again replaces it */
     rc = s3_call(w->c, &r);
     if (rc == ES_ENOTFOUND) {
-        es_error(COMP, "PUT %s part %d: HTTP 404 (the upload is gone)", w->key, w->nparts + 1);
+        es_error(COMP, "PUT %s part %d: HTTP 404 (the upload is gone)", w->key, part);
         rc = ES_EBACKEND;
     }
     if (rc != ES_OK) goto finish;
     if (!r.etag[0]) {
-        es_error(COMP, "PUT %s part %d: no ETag in the answer", w->key, w->nparts + 1);
+        es_error(COMP, "PUT %s part %d: no ETag in the answer", w->key, part);
         rc = ES_EBACKEND;
         goto finish;
     }
-    es_strlcpy(w->etags[w->nparts++], r.etag, sizeof(s3_etag));
-    es_debug(COMP, "%s: part %d sent (%zu bytes)", w->key, w->nparts, w->buf.len);
-    es_buf_reset(&w->buf);
+    es_strlcpy(w->etags[part - 1], r.etag, sizeof(s3_etag));
+    es_debug(COMP, "%s: part %d sent (%zu bytes)", w->key, part, data->len);
 finish:
     es_buf_finish(&r.out);
     es_buf_finish(&q);
     return rc;
+}
+
+static void *sender_main(void *arg)
+{
+    s3_writer *w = arg;
+    w->sent_rc = upload_part(w, w->nparts, &w->sending);
+    return NULL;
+}
+
+/* Waits for the part in flight; its failure becomes the writer's. */
+static int join_sender(s3_writer *w)
+{
+    if (w->in_flight) {
+        pthread_join(w->sender, NULL);
+        w->in_flight = false;
+        if (w->sent_rc != ES_OK && w->err == ES_OK) w->err = w->sent_rc;
+    }
+    return w->err;
+}
+
+/* The full buffer goes out as the next part, on the sender thread when one
+ * can be started (else here), once the part before it is through. */
+static int send_part(s3_writer *w)
+{
+    int rc = join_sender(w);
+    if (rc == ES_OK) rc = reserve_part(w);
+    if (rc != ES_OK) return rc;
+    es_buf t = w->sending;
+    w->sending = w->buf;
+    w->buf = t;
+    es_buf_reset(&w->buf);
+    w->nparts++;
+    if (pthread_create(&w->sender, NULL, sender_main, w) == 0) {
+        w->in_flight = true;
+        return ES_OK;
+    }
+    return upload_part(w, w->nparts, &w->sending);
 }
 
 /* ETags are quoted hex, but nothing obliges a server to that: escape. */
@@ -993,7 +1048,7 @@ static int s3_write(void *wp, const void *data, size_t len)
          * exactly one part stays one PUT */
         if (w->buf.len == part) {
             if (!w->upload_id) w->err = create_upload(w);
-            if (w->err == ES_OK) w->err = upload_part(w);
+            if (w->err == ES_OK) w->err = send_part(w);
             if (w->err != ES_OK) break;
         }
         size_t n = part - w->buf.len < len ? part - w->buf.len : len;
@@ -1008,6 +1063,7 @@ static void s3_abort(void *wp)
 {
     s3_writer *w = wp;
     if (!w) return;
+    join_sender(w); /* no part may land after the abort */
     if (w->upload_id) abort_upload(w);
     writer_free(w);
 }
@@ -1030,7 +1086,9 @@ static int s3_commit(void *wp)
         }
         es_buf_finish(&r.out);
     } else if (rc == ES_OK) {
-        if (w->buf.len > 0) rc = upload_part(w);
+        rc = join_sender(w);
+        if (rc == ES_OK && w->buf.len > 0 && (rc = reserve_part(w)) == ES_OK)
+            rc = upload_part(w, ++w->nparts, &w->buf);
         if (rc == ES_OK) rc = complete_upload(w);
     }
     if (rc != ES_OK) {
