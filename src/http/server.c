@@ -1356,10 +1356,11 @@ int es_http_start(es_http *h)
     unsigned timeout_s = (unsigned)((cfg->conn_timeout_ms + 999) / 1000);
     size_t pool = (size_t)cfg->max_header + ES_HTTP_POOL_EXTRA;
     struct MHD_OptionItem opts[] = {
+        /* first: libmicrohttpd warns (on stderr) about a logger set later */
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, h},
         {MHD_OPTION_SOCK_ADDR, 0, &ss},
         {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, h},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
-        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, h},
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(timeout_s ? timeout_s : 1), NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)pool, NULL},
