@@ -456,6 +456,46 @@ static void test_retries_and_keepalive(void **state)
     fake_stop(&f);
 }
 
+/* A part fails while the next one fills (parts go out on a thread of their
+ * own): the failure still reaches the writer, at the next part or at commit,
+ * and the upload is aborted; nothing is completed. */
+static void test_part_failure_in_flight(void **state)
+{
+    (void)state;
+    static const char *const script[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 87\r\nConnection: close\r\n\r\n"
+        "<InitiateMultipartUploadResult><UploadId>u-1</UploadId></InitiateMultipartUploadResult>",
+        /* part 1: refused before its body (curl asks Expect: 100-continue) */
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", /* the abort */
+        NULL};
+    fake f; /* one connection at a time: every answer closes it */
+    fake_start(&f, script);
+    use_creds(AK, SK, NULL);
+    char url[128];
+    snprintf(url, sizeof url, "s3://app?endpoint=http://127.0.0.1:%d&part_size=5MB", f.port);
+    es_blob *b = NULL;
+    assert_int_equal(es_blob_open(url, NULL, &b), ES_OK);
+    es_blob_writer *w;
+    assert_int_equal(es_blob_writer_open(b, "k/big.bin", NULL, &w), ES_OK);
+    char *chunk = calloc(1, 1024 * 1024);
+    int rc = ES_OK;
+    for (int i = 0; i < 11 && rc == ES_OK; i++) /* part 1 goes at 5 MB + 1, part 2 at 10 MB + 1 */
+        rc = es_blob_write(w, chunk, 1024 * 1024);
+    if (rc == ES_OK)
+        rc = es_blob_commit(w);
+    else
+        es_blob_abort(w);
+    assert_int_equal(rc, ES_EAUTH);
+    assert_int_equal(f.nreqs, 3);
+    assert_int_equal(strncmp(f.reqs[0], "POST /app/k/big.bin?uploads", 27), 0);
+    assert_int_equal(strncmp(f.reqs[1], "PUT /app/k/big.bin?partNumber=1&uploadId=u-1 ", 45), 0);
+    assert_int_equal(strncmp(f.reqs[2], "DELETE /app/k/big.bin?uploadId=u-1 ", 35), 0);
+    free(chunk);
+    es_blob_close(b);
+    fake_stop(&f);
+}
+
 typedef struct collect {
     char data[64];
     size_t len;
@@ -926,6 +966,7 @@ int main(void)
         cmocka_unit_test(test_presign_matches_botocore),
         cmocka_unit_test(test_presign_refuses),
         cmocka_unit_test(test_retries_and_keepalive),
+        cmocka_unit_test(test_part_failure_in_flight),
         cmocka_unit_test(test_get_resumes_and_ranges),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_presigned_with_curl),
