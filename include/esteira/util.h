@@ -30,6 +30,8 @@ void es_time_iso(int64_t ms, char out[25]);
 int es_time_parse_iso(const char *s, int64_t *ms);
 /* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
 int64_t es_days_from_civil(int64_t y, int m, int d);
+/* Days in month m (1..12) of year y, in the proleptic Gregorian calendar. */
+int es_days_in_month(int y, int m);
 
 /* ---- ids */
 /* UUIDv7 (RFC 9562): 48-bit ms timestamp, version, random; lower-case text. */

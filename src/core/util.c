@@ -100,7 +100,7 @@ int64_t es_days_from_civil(int64_t y, int m, int d)
     return era * 146097 + doe - 719468;
 }
 
-static int days_in_month(int y, int m)
+int es_days_in_month(int y, int m)
 {
     static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) return 29;
@@ -126,7 +126,7 @@ int es_time_parse_iso(const char *s, int64_t *ms)
     if (!s || digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
         digits(&p, 2, &d))
         return ES_EINVAL;
-    if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo)) return ES_EINVAL;
+    if (mo < 1 || mo > 12 || d < 1 || d > es_days_in_month(y, mo)) return ES_EINVAL;
     if (*p == 'T' || *p == 't' || *p == ' ') {
         p++;
         if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi)) return ES_EINVAL;

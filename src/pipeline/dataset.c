@@ -344,17 +344,6 @@ static int norm_boolean(const char *p, size_t n, es_buf *out, const char **probl
     return reject(problem, "not a boolean");
 }
 
-static bool leap(int y)
-{
-    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
-
-static int month_days(int y, int m)
-{
-    static const unsigned char dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    return m == 2 && leap(y) ? 29 : dm[m - 1];
-}
-
 static bool digits_at(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -370,7 +359,7 @@ static int norm_date(const char *p, size_t n, es_buf *out, const char **problem)
         return reject(problem, "not a valid date");
     int y = (p[0] - '0') * 1000 + (p[1] - '0') * 100 + (p[2] - '0') * 10 + (p[3] - '0');
     int m = (p[5] - '0') * 10 + (p[6] - '0'), d = (p[8] - '0') * 10 + (p[9] - '0');
-    if (y < 1 || m < 1 || m > 12 || d < 1 || d > month_days(y, m))
+    if (y < 1 || m < 1 || m > 12 || d < 1 || d > es_days_in_month(y, m))
         return reject(problem, "not a valid date");
     return es_buf_append(out, p, n);
 }

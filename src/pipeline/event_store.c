@@ -106,18 +106,19 @@ static int insert_events(const es_store *s, es_store_conn *c, const char *rows, 
                          int64_t *inserted)
 {
     *inserted = 0;
-    if (es_store_dialect(s) != ES_DIALECT_SQLITE)
-        return es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, es_event_types,
-                                   ES_EVENT_NCOLS, rows, len, inserted);
-    es_rows *r = NULL;
-    int rc = es_store_exec(c, "SELECT COALESCE(MAX(rowid), 0) FROM " ES_EVENTS_TABLE, 0, NULL, &r);
-    if (rc) return rc;
-    char since[24];
-    ES_I64(since, es_rows_int(r, 0, 0, 0));
-    es_rows_free(r);
-    rc = es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, es_event_types, ES_EVENT_NCOLS,
-                             rows, len, inserted);
-    if (rc || !*inserted) return rc;
+    bool sqlite = es_store_dialect(s) == ES_DIALECT_SQLITE;
+    char since[24] = "";
+    if (sqlite) {
+        es_rows *r = NULL;
+        int rc =
+            es_store_exec(c, "SELECT COALESCE(MAX(rowid), 0) FROM " ES_EVENTS_TABLE, 0, NULL, &r);
+        if (rc) return rc;
+        ES_I64(since, es_rows_int(r, 0, 0, 0));
+        es_rows_free(r);
+    }
+    int rc = es_store_copy_merge(c, ES_EVENTS_TABLE, es_event_cols, es_event_types, ES_EVENT_NCOLS,
+                                 rows, len, inserted);
+    if (rc || !sqlite || !*inserted) return rc;
     const char *p[] = {since};
     /* NOT INDEXED: the planner would rather scan the whole (tenant, user_id,
      * event_type, …) index for its order than seek the new rowids */

@@ -1086,9 +1086,8 @@ static int s3_commit(void *wp)
         }
         es_buf_finish(&r.out);
     } else if (rc == ES_OK) {
-        rc = join_sender(w);
-        if (rc == ES_OK && w->buf.len > 0 && (rc = reserve_part(w)) == ES_OK)
-            rc = upload_part(w, ++w->nparts, &w->buf);
+        if (w->buf.len > 0) rc = send_part(w);
+        if (rc == ES_OK) rc = join_sender(w);
         if (rc == ES_OK) rc = complete_upload(w);
     }
     if (rc != ES_OK) {

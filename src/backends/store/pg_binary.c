@@ -89,20 +89,14 @@ static bool parse_int(const char *p, size_t n, int64_t lo, int64_t hi, int64_t *
     return true;
 }
 
-static bool leap(int64_t y)
-{
-    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
-
 /* YYYY-MM-DD, years 1..9999: days since 2000-01-01 */
 static bool parse_date(const char *p, size_t n, int64_t *days)
 {
-    static const unsigned char dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int64_t y, m, d;
     if (n != 10 || p[4] != '-' || p[7] != '-' || !digits(p, 4, &y) || !digits(p + 5, 2, &m) ||
         !digits(p + 8, 2, &d))
         return false;
-    if (y < 1 || m < 1 || m > 12 || d < 1 || d > dm[m - 1] + (m == 2 && leap(y))) return false;
+    if (y < 1 || m < 1 || m > 12 || d < 1 || d > es_days_in_month((int)y, (int)m)) return false;
     *days = es_days_from_civil(y, (int)m, (int)d) - DAYS_TO_2000;
     return true;
 }
@@ -129,17 +123,12 @@ static bool parse_timestamp(const char *p, size_t n, int64_t *us)
     return true;
 }
 
-/* hex digit values, 0xff for anything else */
-static const unsigned char HEX[256] = {
-    ['0'] = 0,  ['1'] = 1,  ['2'] = 2,  ['3'] = 3,  ['4'] = 4,  ['5'] = 5,  ['6'] = 6,  ['7'] = 7,
-    ['8'] = 8,  ['9'] = 9,  ['a'] = 10, ['b'] = 11, ['c'] = 12, ['d'] = 13, ['e'] = 14, ['f'] = 15,
-    ['A'] = 10, ['B'] = 11, ['C'] = 12, ['D'] = 13, ['E'] = 14, ['F'] = 15,
+/* a hex digit's value plus one; 0 for anything else */
+static const unsigned char HEX1[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,  ['7'] = 8,
+    ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+    ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 };
-
-static bool is_hex(unsigned char c)
-{
-    return HEX[c] || c == '0';
-}
 
 /* 8-4-4-4-12 hex digits, or 32 without the hyphens */
 static bool parse_uuid(const char *p, size_t n, unsigned char out[16])
@@ -152,9 +141,9 @@ static bool parse_uuid(const char *p, size_t n, unsigned char out[16])
             i--; /* the next pair begins after the hyphen */
             continue;
         }
-        unsigned char hi = (unsigned char)p[i], lo = (unsigned char)p[i + 1];
-        if (!is_hex(hi) || !is_hex(lo)) return false;
-        out[k++] = (unsigned char)(HEX[hi] << 4 | HEX[lo]);
+        int hi = HEX1[(unsigned char)p[i]] - 1, lo = HEX1[(unsigned char)p[i + 1]] - 1;
+        if (hi < 0 || lo < 0) return false;
+        out[k++] = (unsigned char)(hi << 4 | lo);
     }
     return k == 16;
 }
